@@ -1,0 +1,74 @@
+"""rtkit: explore and teach realtime messaging in JupyterLab.
+
+Start a broker with :func:`serve`, connect with :class:`Client`, publish and subscribe on
+channels. See ``docs/protocol.md`` for the wire protocol and ``notebooks/`` for tutorials.
+"""
+
+from rtkit.aio.broker import Broker
+from rtkit.aio.channel import Channel, Presence, PublishResult, Subscription
+from rtkit.aio.client import Client
+from rtkit.core.broker import BrokerConfig
+from rtkit.core.frames import Message, PresenceChange, PresenceMember
+from rtkit.core.states import ConnectionState, StateChange, Trigger
+from rtkit.core.timing import Backoff
+from rtkit.core.tokens import TokenClaims, inspect_token
+from rtkit.errors import (
+    AuthError,
+    CapabilityError,
+    ConnectionClosed,
+    ConnectionError_,
+    ConnectionFailed,
+    ConnectionSuspended,
+    ContinuityLost,
+    Disconnected,
+    InvalidCredentials,
+    LimitExceeded,
+    NotFound,
+    ProtocolError,
+    RequestTimeout,
+    RtkitError,
+    ServerError,
+    TokenExpired,
+)
+from rtkit.server import Server, serve
+from rtkit.sync import run
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthError",
+    "Backoff",
+    "Broker",
+    "BrokerConfig",
+    "CapabilityError",
+    "Channel",
+    "Client",
+    "ConnectionClosed",
+    "ConnectionError_",
+    "ConnectionFailed",
+    "ConnectionState",
+    "ConnectionSuspended",
+    "ContinuityLost",
+    "Disconnected",
+    "InvalidCredentials",
+    "LimitExceeded",
+    "Message",
+    "NotFound",
+    "Presence",
+    "PresenceChange",
+    "PresenceMember",
+    "ProtocolError",
+    "PublishResult",
+    "RequestTimeout",
+    "RtkitError",
+    "Server",
+    "ServerError",
+    "StateChange",
+    "Subscription",
+    "TokenClaims",
+    "TokenExpired",
+    "Trigger",
+    "inspect_token",
+    "run",
+    "serve",
+]

@@ -1,0 +1,1 @@
+"""asyncio drivers: thin layers of I/O and timers over :mod:`rtkit.core`."""

@@ -1,0 +1,258 @@
+"""API keys, capabilities and tokens (JWT, HS256) as pure functions of their inputs and ``now``.
+
+* An **API key** ``"<key_id>:<secret>"`` is for trusted code: it carries its own capabilities
+  (the broker's root key carries every capability) and signs tokens.
+* A **token** is a JWT signed with a key's secret (header ``kid`` = key id) whose claims are
+  ``sub`` (client id, optional), ``cap`` (capabilities), ``iat`` and ``exp`` (seconds since the
+  Unix epoch; fractions allowed). Effective capabilities are the token's *and* its key's.
+* **Capabilities** map channel patterns to operations. In a pattern, ``*`` matches any run of
+  characters, so ``"chat:*"`` covers ``chat:lobby`` and ``"*"`` covers every channel. The
+  operations are ``publish``, ``subscribe``, ``history`` and ``presence``; ``"*"`` means all.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import jwt
+
+from rtkit.errors import InvalidCredentials, TokenExpired
+
+OPERATIONS = ("publish", "subscribe", "history", "presence")
+ALGORITHM = "HS256"
+MAX_TTL = 24 * 3600.0
+
+CapabilityMap = Mapping[str, Iterable[str]]
+
+
+@lru_cache(maxsize=4096)
+def _compile(pattern: str) -> re.Pattern[str]:
+    parts = (".*" if part == "*" else re.escape(part) for part in re.split(r"(\*)", pattern))
+    return re.compile("".join(parts) + r"\Z", re.DOTALL)
+
+
+def pattern_matches(pattern: str, channel: str) -> bool:
+    """Whether a capability pattern covers ``channel`` (``*`` matches any characters)."""
+    return _compile(pattern).match(channel) is not None
+
+
+def normalize_capabilities(caps: object) -> dict[str, tuple[str, ...]]:
+    """Validate a capability map and return it with sorted, de-duplicated operations.
+
+    Raises :class:`ValueError` naming the bad entry.
+    """
+    if not isinstance(caps, Mapping):
+        raise ValueError("capabilities must be a mapping of channel pattern to operations")
+    out: dict[str, tuple[str, ...]] = {}
+    for pattern, ops in caps.items():
+        if not isinstance(pattern, str) or not pattern or len(pattern) > 256:
+            raise ValueError(f"invalid channel pattern {pattern!r}")
+        if isinstance(ops, str) or not isinstance(ops, Iterable):
+            raise ValueError(f"operations for {pattern!r} must be a list of names")
+        names = set()
+        for op in ops:
+            if op != "*" and op not in OPERATIONS:
+                raise ValueError(
+                    f"unknown operation {op!r} for {pattern!r}; use one of {', '.join(OPERATIONS)}"
+                )
+            names.add(op)
+        out[pattern] = tuple(OPERATIONS) if "*" in names else tuple(sorted(names))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Capability:
+    """A checked capability map with a fast ``allows(operation, channel)``."""
+
+    rules: dict[str, tuple[str, ...]]
+    #: A token's capability is also limited by the capability of the key that signed it.
+    within: Capability | None = None
+
+    @classmethod
+    def of(cls, caps: CapabilityMap) -> Capability:
+        return cls(normalize_capabilities(caps))
+
+    @classmethod
+    def everything(cls) -> Capability:
+        return cls({"*": OPERATIONS})
+
+    def allows(self, operation: str, channel: str) -> bool:
+        """Whether ``operation`` is permitted on ``channel``."""
+        own = any(
+            operation in ops and pattern_matches(pattern, channel)
+            for pattern, ops in self.rules.items()
+        )
+        return own and (self.within is None or self.within.allows(operation, channel))
+
+    def grants_everything(self) -> bool:
+        return self.within is None and self.rules.get("*") == OPERATIONS
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key: ``value`` is what a client presents (``"<key_id>:<secret>"``)."""
+
+    key_id: str
+    secret: str
+    capability: Capability = field(default_factory=Capability.everything)
+
+    @property
+    def value(self) -> str:
+        return f"{self.key_id}:{self.secret}"
+
+    @classmethod
+    def generate(cls, key_id: str | None = None, capability: Capability | None = None) -> ApiKey:
+        return cls(
+            key_id=key_id or "k" + secrets.token_hex(4),
+            secret=secrets.token_urlsafe(24),
+            capability=capability or Capability.everything(),
+        )
+
+    @classmethod
+    def parse(cls, value: str, capability: Capability | None = None) -> ApiKey:
+        """Parse ``"<key_id>:<secret>"``; raises :class:`ValueError` if malformed."""
+        key_id, sep, secret = value.partition(":")
+        if not sep or not key_id or len(secret) < 8:
+            raise ValueError("an API key looks like '<key_id>:<secret>' (secret >= 8 chars)")
+        return cls(key_id, secret, capability or Capability.everything())
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    """What a token grants. Times are seconds since the Unix epoch."""
+
+    client_id: str | None
+    capability: Capability
+    issued_at: float
+    expires_at: float
+    key_id: str
+
+    def ttl(self, now: float) -> float:
+        """Seconds left before expiry (negative once expired)."""
+        return self.expires_at - now
+
+
+class KeyStore:
+    """The broker's API keys, by key id, with revocation."""
+
+    def __init__(self, keys: Iterable[ApiKey] = ()) -> None:
+        self._keys: dict[str, ApiKey] = {k.key_id: k for k in keys}
+        self._revoked: set[str] = set()
+
+    def add(self, key: ApiKey) -> None:
+        self._keys[key.key_id] = key
+        self._revoked.discard(key.key_id)
+
+    def revoke(self, key_id: str) -> None:
+        """Refuse the key and every token it signed from now on."""
+        self._revoked.add(key_id)
+
+    def get(self, key_id: str) -> ApiKey:
+        if key_id in self._revoked:
+            raise InvalidCredentials(code=40108)
+        key = self._keys.get(key_id)
+        if key is None:
+            raise InvalidCredentials(code=40105)
+        return key
+
+    def check_key(self, value: str) -> ApiKey:
+        """Authenticate an API key string; raises 40101 (unknown) or 40108 (revoked)."""
+        key_id, _, secret = value.partition(":")
+        key = self._keys.get(key_id)
+        if key is None or not hmac.compare_digest(key.secret.encode(), secret.encode()):
+            raise InvalidCredentials(code=40101)
+        if key_id in self._revoked:
+            raise InvalidCredentials(code=40108)
+        return key
+
+
+def issue_token(
+    key: ApiKey,
+    *,
+    now: float,
+    client_id: str | None = None,
+    capabilities: CapabilityMap | None = None,
+    ttl: float = 3600.0,
+) -> str:
+    """Sign a token with ``key``. ``capabilities`` defaults to the key's own."""
+    if not 0 < ttl <= MAX_TTL:
+        raise ValueError(f"ttl must be between 0 and {MAX_TTL:.0f} seconds")
+    if client_id is not None and (not isinstance(client_id, str) or not 1 <= len(client_id) <= 128):
+        raise ValueError("client_id must be a string of 1 to 128 characters")
+    cap = key.capability.rules if capabilities is None else normalize_capabilities(capabilities)
+    claims: dict[str, Any] = {
+        "cap": {p: list(ops) for p, ops in cap.items()},
+        "iat": round(now, 3),
+        "exp": round(now + ttl, 3),
+    }
+    if client_id is not None:
+        claims["sub"] = client_id
+    return jwt.encode(claims, key.secret, algorithm=ALGORITHM, headers={"kid": key.key_id})
+
+
+def _claims_from(payload: dict[str, Any], key_id: str) -> TokenClaims:
+    sub, exp, iat = payload.get("sub"), payload.get("exp"), payload.get("iat", 0)
+    if sub is not None and not isinstance(sub, str):
+        raise InvalidCredentials("token claim 'sub' must be a string", code=40102)
+    for name, value in (("exp", exp), ("iat", iat)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidCredentials(f"token claim {name!r} must be a number", code=40102)
+    try:
+        capability = Capability.of(payload.get("cap", {}))
+    except ValueError as exc:
+        raise InvalidCredentials(f"token claim 'cap': {exc}", code=40102) from None
+    return TokenClaims(sub, capability, float(iat), float(exp), key_id)  # type: ignore[arg-type]
+
+
+def inspect_token(token: str) -> TokenClaims:
+    """Read a token's claims *without* checking its signature (for display only)."""
+    try:
+        header = jwt.get_unverified_header(token)
+        payload = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError as exc:
+        raise InvalidCredentials(f"malformed token: {exc}", code=40102) from None
+    return _claims_from(payload, str(header.get("kid", "")))
+
+
+def verify_token(token: str, keys: KeyStore, now: float) -> TokenClaims:
+    """Check a token's form, algorithm, key, signature and expiry; return its claims.
+
+    Raises :class:`InvalidCredentials` (40102 malformed, 40103 bad signature, 40104 algorithm
+    not allowed - ``alg: none`` included, 40105 unknown key, 40108 revoked key) or
+    :class:`TokenExpired` (40140).
+    """
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise InvalidCredentials(f"malformed token: {exc}", code=40102) from None
+    if header.get("alg") != ALGORITHM:
+        raise InvalidCredentials(f"token algorithm {header.get('alg')!r} not allowed", code=40104)
+    kid = header.get("kid")
+    if not isinstance(kid, str):
+        raise InvalidCredentials("token header has no key id ('kid')", code=40105)
+    key = keys.get(kid)
+    try:
+        payload = jwt.decode(
+            token,
+            key.secret,
+            algorithms=[ALGORITHM],
+            options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+        )
+    except jwt.InvalidSignatureError:
+        raise InvalidCredentials(code=40103) from None
+    except jwt.PyJWTError as exc:
+        raise InvalidCredentials(f"malformed token: {exc}", code=40102) from None
+    claims = _claims_from(payload, kid)
+    if claims.expires_at <= now:
+        raise TokenExpired(f"token expired {now - claims.expires_at:.3f} s ago")
+    if key.capability.grants_everything():
+        return claims
+    # Effective capability: what the token asks for, within what its key may grant.
+    capability = Capability(claims.capability.rules, within=key.capability)
+    return TokenClaims(claims.client_id, capability, claims.issued_at, claims.expires_at, kid)

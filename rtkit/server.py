@@ -1,0 +1,157 @@
+"""``rtkit.serve()``: the embedded broker in a background thread with its own event loop.
+
+A notebook cell that blocks (``time.sleep``, a long computation) stalls every task in the
+kernel's loop; the broker lives in its own thread so it keeps serving other clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import Awaitable
+from dataclasses import fields
+from types import TracebackType
+from typing import Any, TypeVar
+
+from rtkit import _rerun
+from rtkit.aio.broker import Broker
+from rtkit.core.broker import BrokerConfig
+from rtkit.core.tokens import ApiKey, CapabilityMap, Capability, issue_token
+
+T = TypeVar("T")
+_OPTION_NAMES = frozenset(f.name for f in fields(BrokerConfig))
+
+
+class Server:
+    """A running broker. Use :func:`serve` to make one."""
+
+    def __init__(self, broker: Broker, loop: asyncio.AbstractEventLoop, thread: threading.Thread,
+                 stopped: asyncio.Event) -> None:
+        self._broker = broker
+        self._loop = loop
+        self._thread = thread
+        self._stopped = stopped
+
+    @property
+    def url(self) -> str:
+        """The WebSocket URL clients connect to, e.g. ``ws://127.0.0.1:54321``."""
+        return self._broker.url
+
+    @property
+    def port(self) -> int:
+        return self._broker.port
+
+    @property
+    def root_key(self) -> str:
+        """The root API key (every capability). For trusted code only: never share it."""
+        return self._broker.root_key.value
+
+    @property
+    def config(self) -> BrokerConfig:
+        return self._broker.config
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def issue_token(
+        self,
+        client_id: str | None = None,
+        capabilities: CapabilityMap | None = None,
+        ttl: float = 3600.0,
+    ) -> str:
+        """A token signed with the root key: ``capabilities`` maps channel patterns to
+        operations (``{"chat:*": ["publish", "subscribe"]}``); ``ttl`` is in seconds."""
+        return issue_token(
+            self._broker.root_key, now=time.time(), client_id=client_id,
+            capabilities=capabilities, ttl=ttl,
+        )
+
+    def create_key(self, capabilities: CapabilityMap, key_id: str | None = None) -> str:
+        """A new API key limited to ``capabilities`` (its tokens are limited to them too)."""
+        key = ApiKey.generate(key_id, Capability.of(capabilities))
+        self._call(self._add_key(key))
+        return key.value
+
+    def revoke_key(self, key_id: str) -> None:
+        """Refuse the key and tokens it signed from now on (new connections and renewals)."""
+        self._loop.call_soon_threadsafe(self._broker.keys.revoke, key_id)
+
+    async def _add_key(self, key: ApiKey) -> None:
+        self._broker.keys.add(key)
+
+    def stats(self) -> dict[str, Any]:
+        """Live counters from the broker thread."""
+        return self._call(_value(self._broker.stats))
+
+    def _call(self, coro: Awaitable[T], timeout: float = 10.0) -> T:
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+        return fut.result(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close every client connection and stop the broker thread. Safe to call twice."""
+        if not self._thread.is_alive():
+            return
+        self._loop.call_soon_threadsafe(self._stopped.set)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<rtkit.Server {self.url} {state}>"
+
+
+async def _value(fn: Any) -> Any:
+    return fn()
+
+
+def serve(
+    host: str = "127.0.0.1", port: int = 0, *, root_key: str | None = None, **options: Any
+) -> Server:
+    """Start a broker in a background thread and return once it is listening.
+
+    Options are the fields of :class:`rtkit.BrokerConfig` (``heartbeat_interval``,
+    ``connection_state_ttl``, ``history_size``, ``max_message_size``, ``publish_rate``, ...).
+    ``root_key`` fixes the root API key (``"<id>:<secret>"``); by default one is generated.
+    Re-running the notebook cell that called ``serve()`` stops the server it started before.
+    """
+    unknown = set(options) - _OPTION_NAMES
+    if unknown:
+        raise TypeError(f"unknown broker option(s): {', '.join(sorted(unknown))}")
+    config = BrokerConfig(**options)
+    key = ApiKey.parse(root_key) if root_key else None
+    broker = Broker(config, key)
+    loop = asyncio.new_event_loop()
+    started: concurrent.futures.Future[asyncio.Event] = concurrent.futures.Future()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        stopped = asyncio.Event()
+        try:
+            loop.run_until_complete(broker.start(host, port))
+        except BaseException as exc:  # report bind errors to the caller
+            started.set_exception(exc)
+            loop.close()
+            return
+        started.set_result(stopped)
+        try:
+            loop.run_until_complete(stopped.wait())
+            loop.run_until_complete(broker.stop())
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    thread = threading.Thread(target=run, name=f"rtkit-broker-{port}", daemon=True)
+    thread.start()
+    stopped = started.result(timeout=30)
+    server = Server(broker, loop, thread, stopped)
+    _rerun.replace_previous("server", server, Server.stop)
+    return server
