@@ -97,7 +97,7 @@ class ServerError(RtkitError):
     default_code = 50000
 
 
-class ConnectionError_(RtkitError):  # noqa: N801 - avoid shadowing the builtin
+class ConnectionError_(RtkitError):
     """Problems of the link between client and broker."""
 
     default_code = 80000

@@ -10,7 +10,7 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from dataclasses import fields
 from types import TracebackType
 from typing import Any, TypeVar
@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from rtkit import _rerun
 from rtkit.aio.broker import Broker
 from rtkit.core.broker import BrokerConfig
-from rtkit.core.tokens import ApiKey, CapabilityMap, Capability, issue_token
+from rtkit.core.tokens import ApiKey, Capability, CapabilityMap, issue_token
 
 T = TypeVar("T")
 _OPTION_NAMES = frozenset(f.name for f in fields(BrokerConfig))
@@ -86,9 +86,8 @@ class Server:
         """Live counters from the broker thread."""
         return self._call(_value(self._broker.stats))
 
-    def _call(self, coro: Awaitable[T], timeout: float = 10.0) -> T:
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
-        return fut.result(timeout)
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Close every client connection and stop the broker thread. Safe to call twice."""

@@ -247,7 +247,9 @@ class Channel:
         """Remove one subscription (or every one of a callback, or all); detach when none
         are left."""
         for sub in list(self._subscriptions):
-            if target is None or sub is target or sub.callback is target:
+            # == rather than is: bound methods (list.append) are new objects on each access
+            if target is None or sub is target or (sub.callback is not None
+                                                   and sub.callback == target):
                 sub._close()
                 self._subscriptions.remove(sub)
         if not self._subscriptions and self._client.state.value == "connected":

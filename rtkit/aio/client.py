@@ -22,13 +22,15 @@ from rtkit.core import frames as fr
 from rtkit.core.states import ConnectionState, StateChange, Trigger
 from rtkit.errors import (
     AuthError,
-    ConnectionClosed as RtConnectionClosed,
     ConnectionFailed,
     Disconnected,
     RequestTimeout,
     RtkitError,
     TokenExpired,
     error,
+)
+from rtkit.errors import (
+    ConnectionClosed as RtConnectionClosed,
 )
 
 log = logging.getLogger("rtkit.client")
@@ -245,9 +247,11 @@ class Client:
         await self._drop_transport()
         for channel in self._channels.values():
             channel._close_all()
-        if self.state is ConnectionState.CLOSING:
+        # The state may have moved while awaiting (the broker may have closed first).
+        state: ConnectionState = self._core.state
+        if state is ConnectionState.CLOSING:
             self._transition(Trigger.CLOSED, "closed")
-        elif self.state is not ConnectionState.CLOSED:
+        elif state is not ConnectionState.CLOSED:
             self._transition(Trigger.CLOSE, "close() called")
 
     def _close_soon(self) -> None:
@@ -332,9 +336,7 @@ class Client:
         except Exception:
             log.exception("client reader failed")
         if ws is self._ws:
-            rcvd = ws.close_rcvd
-            err = self._close_error or error_from_close(
-                rcvd.code if rcvd else None, rcvd.reason if rcvd else "")
+            err = self._close_error or error_from_close(ws.close_code, ws.close_reason or "")
             self._transport_lost(err)
 
     def _transport_lost(self, err: RtkitError) -> None:
@@ -395,8 +397,8 @@ class Client:
             await asyncio.sleep(min(interval / 4, 1.0))
             now = time.time()
             if self._core.liveness.is_dead(now):
-                self._close_error = Disconnected(
-                    f"no heartbeat from the broker for {now - self._core.liveness.last_heard:.2f} s")
+                silent = now - self._core.liveness.last_heard
+                self._close_error = Disconnected(f"no heartbeat from the broker for {silent:.2f} s")
                 if ws.transport is not None:
                     ws.transport.abort()  # a half-open link would never finish a clean close
                 return

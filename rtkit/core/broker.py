@@ -125,7 +125,10 @@ class BrokerCore:
             lambda: TokenBucket(config.publish_rate, config.publish_burst)
         )
         self._max_batch = max(1024, config.max_frame_size - 512)
-        self.stats = {"received": 0, "published": 0, "delivered_frames": 0, "errors": 0}
+        self.stats = {
+            "connections_opened": 0, "received": 0, "published": 0, "delivered_frames": 0,
+            "protocol_errors": 0, "slow_consumers": 0,
+        }
 
     # ---------------------------------------------------------------- session lifecycle
 
@@ -134,6 +137,7 @@ class BrokerCore:
         s = Session(cid, f"{cid}!{secrets.token_urlsafe(12)}", now, transport)
         s.bucket = self._bucket_factory()
         self.sessions[cid] = s
+        self.stats["connections_opened"] += 1
         return s
 
     def session_lost(self, s: Session, now: float) -> None:
@@ -178,7 +182,7 @@ class BrokerCore:
 
     def _protocol_error(self, s: Session, exc: RtkitError, ref: fr.Ref | None) -> None:
         s.protocol_errors += 1
-        self.stats["errors"] += 1
+        self.stats["protocol_errors"] += 1
         if s.protocol_errors > self.config.max_protocol_errors:
             self._fatal(s, error(42904), ref)
         else:
@@ -429,6 +433,7 @@ class BrokerCore:
 
     def overflowed(self, s: Session) -> None:
         """The driver found ``s``'s outbound buffer over the limit: disconnect it."""
+        self.stats["slow_consumers"] += 1
         self._fatal(s, error(42903), None)
 
     # ---------------------------------------------------------------- output

@@ -170,8 +170,8 @@ class ClientCore:
         if isinstance(f, fr.Error):
             assert f.error is not None
             if f.ref is not None and f.ref in self.pending:
-                events = self._refuse(f.ref, f.error)
-                return [*events, BrokerError(f.error, True)] if f.fatal else events
+                refused = self._refuse(f.ref, f.error)
+                return [*refused, BrokerError(f.error, True)] if f.fatal else refused
             return [BrokerError(f.error, f.fatal)]
         if isinstance(f, fr.Detached) and (f.ref is None or f.ref not in self.pending):
             return [ChannelDetached(f.channel, f.error)]

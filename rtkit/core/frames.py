@@ -38,7 +38,7 @@ class _Reader:
         self.obj = obj
         self.action = action
 
-    def opt_str(self, key: str, max_len: int = 4096, min_len: int = 0) -> str | None:
+    def opt_text(self, key: str, max_len: int = 4096, min_len: int = 0) -> str | None:
         value = self.obj.get(key)
         if value is None:
             return None
@@ -46,13 +46,13 @@ class _Reader:
             raise _fail(self.action, key, f"a string of {min_len} to {max_len} characters")
         return value
 
-    def str(self, key: str, max_len: int = 4096, min_len: int = 0) -> str:
-        value = self.opt_str(key, max_len, min_len)
+    def text(self, key: str, max_len: int = 4096, min_len: int = 0) -> str:
+        value = self.opt_text(key, max_len, min_len)
         if value is None:
             raise _fail(self.action, key, "present")
         return value
 
-    def opt_int(self, key: str, minimum: int = 0) -> int | None:
+    def opt_integer(self, key: str, minimum: int = 0) -> int | None:
         value = self.obj.get(key)
         if value is None:
             return None
@@ -60,8 +60,8 @@ class _Reader:
             raise _fail(self.action, key, f"an integer >= {minimum}")
         return value
 
-    def int(self, key: str, minimum: int = 0) -> int:
-        value = self.opt_int(key, minimum)
+    def integer(self, key: str, minimum: int = 0) -> int:
+        value = self.opt_integer(key, minimum)
         if value is None:
             raise _fail(self.action, key, "present")
         return value
@@ -78,7 +78,7 @@ class _Reader:
             raise _fail(self.action, key, "an object")
         return value
 
-    def list(self, key: str) -> list[Any]:
+    def array(self, key: str) -> list[Any]:
         value = self.obj.get(key)
         if not isinstance(value, list):
             raise _fail(self.action, key, "an array")
@@ -151,13 +151,13 @@ class Message:
             raise _fail(action, "messages", "an array of message objects")
         r = _Reader(obj, action)
         return cls(
-            id=r.str("id", MAX_ID_LENGTH, 1),
+            id=r.text("id", MAX_ID_LENGTH, 1),
             channel=channel,
-            name=r.str("name", MAX_NAME_LENGTH),
+            name=r.text("name", MAX_NAME_LENGTH),
             data=obj.get("data"),
-            serial=r.int("serial", 1),
-            timestamp=r.int("timestamp"),
-            client_id=r.opt_str("client_id", MAX_ID_LENGTH),
+            serial=r.integer("serial", 1),
+            timestamp=r.integer("timestamp"),
+            client_id=r.opt_text("client_id", MAX_ID_LENGTH),
         )
 
 
@@ -184,10 +184,10 @@ class PresenceMember:
             raise _fail(action, "members", "an array of member objects")
         r = _Reader(obj, action)
         return cls(
-            client_id=r.str("client_id", MAX_ID_LENGTH),
-            connection_id=r.str("connection_id", MAX_ID_LENGTH),
+            client_id=r.text("client_id", MAX_ID_LENGTH),
+            connection_id=r.text("connection_id", MAX_ID_LENGTH),
             data=obj.get("data"),
-            timestamp=r.int("timestamp"),
+            timestamp=r.integer("timestamp"),
         )
 
 
@@ -236,10 +236,10 @@ class Connect(Frame):
     def parse(cls, r: _Reader) -> Connect:
         return cls(
             ref=r.ref(),
-            protocol=r.opt_int("protocol", 1) or PROTOCOL_VERSION,
-            key=r.opt_str("key", 512, 1),
-            token=r.opt_str("token", 8192, 1),
-            client_id=r.opt_str("client_id", MAX_ID_LENGTH, 1),
+            protocol=r.opt_integer("protocol", 1) or PROTOCOL_VERSION,
+            key=r.opt_text("key", 512, 1),
+            token=r.opt_text("token", 8192, 1),
+            client_id=r.opt_text("client_id", MAX_ID_LENGTH, 1),
         )
 
 
@@ -264,7 +264,7 @@ class Attach(Frame):
 
     @classmethod
     def parse(cls, r: _Reader) -> Attach:
-        return cls(ref=r.ref(), channel=r.channel(), rewind=r.opt_int("rewind"))
+        return cls(ref=r.ref(), channel=r.channel(), rewind=r.opt_integer("rewind"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,9 +300,9 @@ class Publish(Frame):
         return cls(
             ref=r.ref(),
             channel=r.channel(),
-            name=r.str("name", MAX_NAME_LENGTH),
+            name=r.text("name", MAX_NAME_LENGTH),
             data=r.obj.get("data"),
-            id=r.opt_str("id", MAX_ID_LENGTH, 1),
+            id=r.opt_text("id", MAX_ID_LENGTH, 1),
         )
 
 
@@ -321,8 +321,8 @@ class History(Frame):
         return cls(
             ref=r.ref(),
             channel=r.channel(),
-            limit=r.opt_int("limit", 1),
-            before=r.opt_int("before", 1),
+            limit=r.opt_integer("limit", 1),
+            before=r.opt_integer("before", 1),
         )
 
 
@@ -336,7 +336,7 @@ class Presence(Frame):
 
     @classmethod
     def parse(cls, r: _Reader) -> Presence:
-        op = r.str("op")
+        op = r.text("op")
         if op not in PRESENCE_OPS:
             raise _fail(r.action, "op", "one of " + ", ".join(PRESENCE_OPS))
         return cls(ref=r.ref(), channel=r.channel(), op=op, data=r.obj.get("data"))  # type: ignore[arg-type]
@@ -352,7 +352,7 @@ class Auth(Frame):
 
     @classmethod
     def parse(cls, r: _Reader) -> Auth:
-        return cls(ref=r.ref(), token=r.str("token", 8192, 1))
+        return cls(ref=r.ref(), token=r.text("token", 8192, 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,13 +386,13 @@ class Connected(Frame):
         limits = r.opt_dict("limits") or {}
         return cls(
             ref=r.ref(),
-            connection_id=r.str("connection_id", MAX_ID_LENGTH, 1),
-            connection_key=r.str("connection_key", 512, 1),
-            client_id=r.opt_str("client_id", MAX_ID_LENGTH),
-            heartbeat_interval=r.int("heartbeat_interval", 1),
-            connection_state_ttl=r.int("connection_state_ttl", 0),
-            server_time=r.int("server_time"),
-            token_expires=r.opt_int("token_expires"),
+            connection_id=r.text("connection_id", MAX_ID_LENGTH, 1),
+            connection_key=r.text("connection_key", 512, 1),
+            client_id=r.opt_text("client_id", MAX_ID_LENGTH),
+            heartbeat_interval=r.integer("heartbeat_interval", 1),
+            connection_state_ttl=r.integer("connection_state_ttl", 0),
+            server_time=r.integer("server_time"),
+            token_expires=r.opt_integer("token_expires"),
             limits={k: v for k, v in limits.items() if isinstance(v, int)},
         )
 
@@ -412,7 +412,9 @@ class Attached(Frame):
 
     @classmethod
     def parse(cls, r: _Reader) -> Attached:
-        return cls(ref=r.ref(), channel=r.channel(), serial=r.int("serial"), epoch=r.str("epoch"))
+        return cls(
+            ref=r.ref(), channel=r.channel(), serial=r.integer("serial"), epoch=r.text("epoch")
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,9 +445,9 @@ class Ack(Frame):
         return cls(
             ref=r.ref(),
             channel=r.channel(),
-            id=r.str("id", MAX_ID_LENGTH, 1),
-            serial=r.int("serial", 1),
-            timestamp=r.int("timestamp"),
+            id=r.text("id", MAX_ID_LENGTH, 1),
+            serial=r.integer("serial", 1),
+            timestamp=r.integer("timestamp"),
             duplicate=r.opt_bool("duplicate"),
         )
 
@@ -479,7 +481,7 @@ class Messages(Frame):
     @classmethod
     def parse(cls, r: _Reader) -> Messages:
         channel = r.channel()
-        items = r.list("messages")
+        items = r.array("messages")
         return cls(channel=channel, messages=tuple(Message.from_wire(m, channel) for m in items))
 
 
@@ -501,7 +503,7 @@ class HistoryResult(Frame):
     @classmethod
     def parse(cls, r: _Reader) -> HistoryResult:
         channel = r.channel()
-        items = r.list("messages")
+        items = r.array("messages")
         msgs = tuple(Message.from_wire(m, channel, r.action) for m in items)
         return cls(ref=r.ref(), channel=channel, messages=msgs)
 
@@ -523,7 +525,7 @@ class PresenceResult(Frame):
 
     @classmethod
     def parse(cls, r: _Reader) -> PresenceResult:
-        members = tuple(PresenceMember.from_wire(m, r.action) for m in r.list("members"))
+        members = tuple(PresenceMember.from_wire(m, r.action) for m in r.array("members"))
         return cls(ref=r.ref(), channel=r.channel(), members=members)
 
 
@@ -540,7 +542,7 @@ class PresenceEvent(Frame):
     @classmethod
     def parse(cls, r: _Reader) -> PresenceEvent:
         changes = []
-        for item in r.list("events"):
+        for item in r.array("events"):
             member = PresenceMember.from_wire(item, r.action)
             kind = item.get("type")
             if kind not in ("enter", "update", "leave"):
@@ -560,8 +562,8 @@ class Authorized(Frame):
     def parse(cls, r: _Reader) -> Authorized:
         return cls(
             ref=r.ref(),
-            client_id=r.opt_str("client_id", MAX_ID_LENGTH),
-            token_expires=r.opt_int("token_expires"),
+            client_id=r.opt_text("client_id", MAX_ID_LENGTH),
+            token_expires=r.opt_integer("token_expires"),
         )
 
 

@@ -27,6 +27,7 @@ from rtkit.errors import InvalidCredentials, TokenExpired
 OPERATIONS = ("publish", "subscribe", "history", "presence")
 ALGORITHM = "HS256"
 MAX_TTL = 24 * 3600.0
+MIN_SECRET = 32
 
 CapabilityMap = Mapping[str, Iterable[str]]
 
@@ -110,16 +111,21 @@ class ApiKey:
     def generate(cls, key_id: str | None = None, capability: Capability | None = None) -> ApiKey:
         return cls(
             key_id=key_id or "k" + secrets.token_hex(4),
-            secret=secrets.token_urlsafe(24),
+            secret=secrets.token_urlsafe(32),
             capability=capability or Capability.everything(),
         )
 
     @classmethod
     def parse(cls, value: str, capability: Capability | None = None) -> ApiKey:
-        """Parse ``"<key_id>:<secret>"``; raises :class:`ValueError` if malformed."""
+        """Parse ``"<key_id>:<secret>"``; raises :class:`ValueError` if malformed.
+
+        The secret signs HS256 tokens, so it must have at least 32 characters (RFC 7518).
+        """
         key_id, sep, secret = value.partition(":")
-        if not sep or not key_id or len(secret) < 8:
-            raise ValueError("an API key looks like '<key_id>:<secret>' (secret >= 8 chars)")
+        if not sep or not key_id or len(secret) < MIN_SECRET:
+            raise ValueError(
+                f"an API key looks like '<key_id>:<secret>' with a secret of at least "
+                f"{MIN_SECRET} characters")
         return cls(key_id, secret, capability or Capability.everything())
 
 
