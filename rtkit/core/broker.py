@@ -77,6 +77,8 @@ class Session:
     capability: Capability = field(default_factory=lambda: Capability({}))
     token_expires: float | None = None
     channels: set[str] = field(default_factory=set)
+    # Memo of capability checks: (operation, channel) -> allowed. Cleared when it changes.
+    allowed: dict[tuple[str, str], bool] = field(default_factory=dict)
     bucket: Any = None
     protocol_errors: int = 0
     next_heartbeat: float = 0.0
@@ -269,6 +271,7 @@ class BrokerCore:
             self._send(s, fr.Error(ref=f.ref, error=exc))
             return
         s.capability, s.token_expires, s.key_id = cap, expires, key_id
+        s.allowed.clear()
         # A renewed token may grant less: detach from channels it no longer covers.
         for name in sorted(s.channels):
             if not cap.allows("subscribe", name):
@@ -295,7 +298,13 @@ class BrokerCore:
         return ch
 
     def _check(self, s: Session, op: str, channel: str) -> None:
-        if not s.capability.allows(op, channel):
+        key = (op, channel)
+        ok = s.allowed.get(key)
+        if ok is None:
+            if len(s.allowed) > 4096:
+                s.allowed.clear()
+            ok = s.allowed[key] = s.capability.allows(op, channel)
+        if not ok:
             raise error(40300, f"{op} on {channel!r} is not permitted by capability")
 
     def _on_attach(self, s: Session, f: fr.Attach, now: float) -> None:

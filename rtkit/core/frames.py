@@ -651,9 +651,17 @@ def decode_server_frame(text: str | bytes) -> Frame:
     return decode(text, SERVER_FRAMES)
 
 
+# One encoder for the process: json.dumps() with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_encode_str: Any = getattr(json.encoder, "c_encode_basestring", None) or \
+    json.encoder.py_encode_basestring
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON, refusing NaN and Infinity (they are not JSON)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if type(obj) is str:
+        return str(_encode_str(obj))
+    return _ENCODER.encode(obj)
 
 
 def encode(frame: Frame) -> str:

@@ -144,7 +144,7 @@ async def test_bad_tokens_are_refused_with_their_code(
     strict_server: rtkit.Server, bystander: Any, case: str
 ) -> None:
     good = strict_server.issue_token(client_id="eve", ttl=60)
-    header, payload, sig = good.split(".")
+    header, _payload, sig = good.split(".")
     escalate = _b64({"sub": "eve", "cap": {"*": ["*"]}, "exp": 4102444800})
     tokens = {
         "alg-none": (f"{_b64({'alg': 'none', 'typ': 'JWT', 'kid': 'root'})}.{escalate}.", 40104),
