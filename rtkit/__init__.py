@@ -5,9 +5,11 @@ channels. See ``docs/protocol.md`` for the wire protocol and ``notebooks/`` for 
 """
 
 from rtkit.aio.broker import Broker
-from rtkit.aio.channel import Channel, Presence, PublishResult, Subscription
-from rtkit.aio.client import Client
+from rtkit.aio.channel import Channel
+from rtkit.aio.client import Client, ResumeInfo
+from rtkit.aio.subscription import Presence, PublishResult, Subscription
 from rtkit.core.broker import BrokerConfig
+from rtkit.core.continuity import ContinuityLoss
 from rtkit.core.frames import Message, PresenceChange, PresenceMember
 from rtkit.core.states import ConnectionState, StateChange, Trigger
 from rtkit.core.timing import Backoff
@@ -48,6 +50,7 @@ __all__ = [
     "ConnectionFailed",
     "ConnectionState",
     "ConnectionSuspended",
+    "ContinuityLoss",
     "ContinuityLost",
     "Disconnected",
     "InvalidCredentials",
@@ -60,6 +63,7 @@ __all__ = [
     "ProtocolError",
     "PublishResult",
     "RequestTimeout",
+    "ResumeInfo",
     "RtkitError",
     "Server",
     "ServerError",

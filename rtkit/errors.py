@@ -157,6 +157,7 @@ CODES: dict[int, str] = {
     40107: "client id does not match the credentials",
     40108: "key revoked",
     40140: "token expired",
+    40170: "auth_callback failed",
     40300: "operation not permitted by capability",
     40400: "not found",
     40401: "unknown or expired recovery key",

@@ -1,64 +1,83 @@
-"""The client's asyncio driver: WebSocket I/O, futures and timers around :class:`ClientCore`."""
+"""The client's asyncio driver: connection supervisor, requests, publishing and renewal.
+
+One supervisor task owns the link: it connects, waits for the link to be lost, then retries
+with backoff and jitter (``disconnected``), and more slowly once ``connection_state_ttl`` has
+passed (``suspended``). Each reconnect resumes the connection and every attached channel from
+the last serial seen, then sends the publishes still waiting for an ack.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
+import itertools
 import logging
+import random
+import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed
 
 from rtkit import _rerun
+from rtkit.aio.auth import AuthCallback, TokenSource
 from rtkit.aio.channel import Channel
+from rtkit.aio.link import Link, error_from_close
+from rtkit.aio.subscription import PublishResult
 from rtkit.core import client as cc
 from rtkit.core import frames as fr
+from rtkit.core.outbox import Outbox
+from rtkit.core.recovery import RecoveryKey
 from rtkit.core.states import ConnectionState, StateChange, Trigger
-from rtkit.errors import (
-    AuthError,
-    ConnectionFailed,
-    Disconnected,
-    RequestTimeout,
-    RtkitError,
-    TokenExpired,
-    error,
-)
+from rtkit.core.timing import Backoff, RandomSource
 from rtkit.errors import (
     ConnectionClosed as RtConnectionClosed,
 )
+from rtkit.errors import (
+    ConnectionFailed,
+    ConnectionSuspended,
+    Disconnected,
+    InvalidCredentials,
+    RequestTimeout,
+    RtkitError,
+    TokenExpired,
+)
 
 log = logging.getLogger("rtkit.client")
-AuthCallback = Callable[[], str | Awaitable[str]]
+S = ConnectionState
 StateListener = Callable[[StateChange], Any]
+ErrorListener = Callable[[RtkitError], Any]
+
+__all__ = ["Client", "ResumeInfo", "error_from_close"]
 
 
-def error_from_close(code: int | None, reason: str) -> RtkitError:
-    """Map a WebSocket close (code, reason) to an rtkit error (see docs/protocol.md)."""
-    head, _, rest = reason.partition(" ")
-    if head.isdigit() and len(head) == 5:
-        return error(int(head), rest or None)
-    if code == 1009:
-        return error(42902, reason or None)
-    return Disconnected(f"connection closed (code {code}{', ' + reason if reason else ''})")
+@dataclass(frozen=True, slots=True)
+class ResumeInfo:
+    """How the latest (re)connection went. Times from ``time.perf_counter()``."""
 
-
-def _is_fatal(err: RtkitError) -> bool:
-    """Credentials the broker refused will be refused again: stop instead of retrying."""
-    return isinstance(err, AuthError) and not isinstance(err, TokenExpired)
+    started: float  # the attempt began (link up, before the WebSocket handshake)
+    connected: float  # 'connected' received
+    resumed_at: float  # every channel re-attached and queued publishes sent
+    resumed: bool  # the broker resumed the connection
+    channels: int
+    replayed: int  # messages delivered by the broker's replay
 
 
 class Client:
-    """A connection to an rtkit broker.
+    """A connection to an rtkit broker that reconnects and resumes by itself.
 
     Give one of ``key`` (trusted code only), ``token`` or ``auth_callback`` (called, sync or
-    async, whenever a token is needed; returns the token string). ``client_id`` names this
-    client when using a key; with a token, the token's client id applies.
+    async, for the first token, again before it expires and after an expiry; returns the
+    token string). ``client_id`` names this client when using a key; with a token, the
+    token's client id applies. ``recover`` is a :attr:`recovery_key` of an earlier client.
+
+    Reconnection: ``backoff`` (default base 0.5 s, cap 15 s, full jitter, random source
+    ``random_source``), ``suspended_retry_interval`` (default 15 s) once suspended. Liveness:
+    a link silent for the broker's heartbeat interval plus ``heartbeat_grace`` (default half
+    the interval) is dropped. At most ``max_queued_publishes`` publishes wait for an ack.
     """
 
     def __init__(
@@ -69,9 +88,15 @@ class Client:
         token: str | None = None,
         auth_callback: AuthCallback | None = None,
         client_id: str | None = None,
+        recover: str | None = None,
         request_timeout: float = 10.0,
         connect_timeout: float = 10.0,
         heartbeat_grace: float | None = None,
+        backoff: Backoff | None = None,
+        suspended_retry_interval: float = 15.0,
+        connection_state_ttl: float = 120.0,
+        max_queued_publishes: int = 1000,
+        random_source: RandomSource | None = None,
         max_frame_size: int = 16 * 1024 * 1024,
     ) -> None:
         if key is None and token is None and auth_callback is None:
@@ -80,27 +105,40 @@ class Client:
             raise ValueError("give either a key or a token/auth_callback, not both")
         self.url = url
         self._key = key
-        self._token = token
-        self._auth_callback = auth_callback
+        self._auth = TokenSource(token, auth_callback) if key is None else None
         self._requested_client_id = client_id
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
-        self._max_frame_size = max_frame_size
-        self._core = cc.ClientCore(time.time(), heartbeat_grace if heartbeat_grace else 0.0)
+        self.backoff = backoff or Backoff()
+        self.suspended_retry_interval = suspended_retry_interval
+        self._default_ttl = connection_state_ttl
+        self._rng: RandomSource = random_source or random.Random()
         self._grace = heartbeat_grace
-        self._ws: ClientConnection | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._watchdog: asyncio.Task[None] | None = None
+        self._max_frame_size = max_frame_size
+        self._core = cc.ClientCore(time.time())
+        self._outbox = Outbox(max_queued_publishes)
+        self._link: Link | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self._retry_now = asyncio.Event()
+        self._send_lock = asyncio.Lock()
         self._futures: dict[fr.Ref, asyncio.Future[fr.Frame]] = {}
         self._channels: dict[str, Channel] = {}
         self._listeners: list[StateListener] = []
+        self._error_listeners: list[ErrorListener] = []
         self._watchers: set[asyncio.Queue[StateChange]] = set()
-        self._pings: dict[fr.Ref, float] = {}
-        self._close_error: RtkitError | None = None
+        self._resume_key: str | None = None
+        self._instance = secrets.token_hex(4)
+        self._ids = itertools.count(1)
+        self._replayed = 0
         #: Round-trip time of the last heartbeat, in seconds.
         self.last_rtt: float | None = None
-        #: The last error reported by the broker or the link.
+        #: The last error reported by the broker, the link or token renewal.
         self.last_error: RtkitError | None = None
+        #: How the latest (re)connection went.
+        self.last_resume: ResumeInfo | None = None
+        if recover is not None:
+            self._restore(RecoveryKey.decode(recover))
         _rerun.replace_previous("client", self, Client._close_soon)
 
     # ---------------------------------------------------------------- properties
@@ -132,21 +170,66 @@ class Client:
         return self._core.session.heartbeat_interval if self._core.session else None
 
     @property
+    def connection_state_ttl(self) -> float:
+        s = self._core.session
+        return s.connection_state_ttl if s else self._default_ttl
+
+    @property
     def token(self) -> str | None:
         """The token in use (None with a key)."""
-        return self._token
+        return self._auth.token if self._auth else None
+
+    @property
+    def token_source(self) -> TokenSource | None:
+        return self._auth
 
     @property
     def token_expires(self) -> float | None:
-        """When the current token expires (seconds since the epoch), as the broker said."""
-        return self._core.session.token_expires if self._core.session else None
+        """When the current token expires (seconds since the epoch)."""
+        if self._auth is None or self._auth.claims is None:
+            return None
+        return self._auth.claims.expires_at
 
-    # ---------------------------------------------------------------- state changes
+    @property
+    def next_renewal(self) -> float | None:
+        """When the token will next be renewed (seconds since the epoch), if it will."""
+        return self._auth.renew_at() if self._auth else None
+
+    @property
+    def queued_publishes(self) -> int:
+        """Publishes waiting for their ack (sent or not yet sent)."""
+        return len(self._outbox)
+
+    @property
+    def recovery_key(self) -> str | None:
+        """A string from which a new client (``Client(..., recover=key)``) resumes this
+        connection's channels, e.g. after a kernel restart, within the connection TTL."""
+        if self._resume_key is None:
+            return None
+        channels: dict[str, tuple[int, str | None]] = {
+            name: (ch.serial, ch.epoch) for name, ch in self._channels.items()
+            if ch._want_attached and ch.epoch is not None}
+        return RecoveryKey(self._resume_key, channels).encode()
+
+    def _restore(self, key: RecoveryKey) -> None:
+        self._resume_key = key.connection_key
+        for name, (serial, epoch) in key.channels.items():
+            ch = self.channel(name)
+            ch._tracker.serial, ch._tracker.epoch = serial, epoch
+            ch._want_attached = True
+
+    # ---------------------------------------------------------------- observing
 
     def on_state_change(self, callback: StateListener) -> Callable[[], None]:
         """Call ``callback(change)`` on every state change; returns a function to stop."""
         self._listeners.append(callback)
         return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    def on_error(self, callback: ErrorListener) -> Callable[[], None]:
+        """Call ``callback(error)`` for errors that no call raises (renewal, broker, link)."""
+        self._error_listeners.append(callback)
+        return lambda: self._error_listeners.remove(callback) \
+            if callback in self._error_listeners else None
 
     async def state_changes(self) -> AsyncIterator[StateChange]:
         """Iterate over state changes as they happen: ``async for change in ...``."""
@@ -159,7 +242,7 @@ class Client:
             self._watchers.discard(queue)
 
     async def wait_for_state(self, *states: ConnectionState, timeout: float = 10.0) -> None:
-        """Wait until the state is one of ``states``."""
+        """Wait until the state is one of ``states`` (raises TimeoutError after ``timeout``)."""
         if self.state in states:
             return
         async with asyncio.timeout(timeout):
@@ -169,7 +252,7 @@ class Client:
 
     def _transition(self, trigger: Trigger, reason: str, err: RtkitError | None = None) -> None:
         change = self._core.transition(trigger, reason, time.time(), err)
-        log.debug("%s -> %s (%s)", change.previous, change.current, reason)
+        log.info("%s -> %s (%s)", change.previous, change.current, reason)
         for listener in list(self._listeners):
             try:
                 listener(change)
@@ -178,99 +261,88 @@ class Client:
         for queue in self._watchers:
             queue.put_nowait(change)
 
-    # ---------------------------------------------------------------- connect / close
+    def _report_error(self, err: RtkitError) -> None:
+        self.last_error = err
+        for listener in list(self._error_listeners):
+            try:
+                listener(err)
+            except Exception:
+                log.exception("error listener failed")
 
-    async def connect(self) -> None:
-        """Connect and authenticate; raises the broker's error if it refuses."""
-        if self.state is ConnectionState.CONNECTED:
+    # ---------------------------------------------------------------- lifecycle
+
+    async def connect(self, timeout: float | None = None) -> None:
+        """Connect (or wait for the reconnect in progress) and return once connected.
+
+        Refused credentials raise at once (state ``failed``). If the broker cannot be reached
+        within ``timeout`` (default ``connect_timeout``) the last error is raised and the
+        client keeps retrying in the background; ``close()`` stops it.
+        """
+        if self.state is S.CONNECTED:
             return
-        self._transition(Trigger.CONNECT, "connect() called")
+        if self._supervisor is None or self._supervisor.done():
+            self._transition(Trigger.CONNECT, "connect() called")
+            self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+            if self._auth is not None and self._auth.renewable and self._renewer is None:
+                self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
+        else:
+            self._retry_now.set()
         try:
-            await self._open()
-        except RtkitError as exc:
-            await self._drop_transport()
-            if self.state in (ConnectionState.CONNECTING, ConnectionState.CONNECTED):
-                trigger = Trigger.FATAL if _is_fatal(exc) else Trigger.TRANSPORT_LOST
-                self._transition(trigger, f"connect failed: {exc.message}", exc)
-            raise
+            await self.wait_for_state(S.CONNECTED, S.FAILED, S.CLOSED,
+                                      timeout=timeout or self.connect_timeout)
+        except TimeoutError:
+            err = self.last_error or RequestTimeout("not connected in time", code=40801)
+            raise type(err)(f"{err.message} (still retrying in the background; close() "
+                            f"stops it)", code=err.code) from None
+        if self._core.state is not S.CONNECTED:  # (re-read: it changed while we waited)
+            raise self.last_error or RtConnectionClosed("closed while connecting")
 
-    async def _credentials(self) -> dict[str, Any]:
-        if self._key is not None:
-            return {"key": self._key, "client_id": self._requested_client_id}
-        if self._token is None:
-            assert self._auth_callback is not None
-            token = self._auth_callback()
-            if inspect.isawaitable(token):
-                token = await token
-            if not isinstance(token, str):
-                raise AuthError("auth_callback must return a token string", code=40106)
-            self._token = token
-        return {"token": self._token, "client_id": self._requested_client_id}
-
-    async def _open(self) -> None:
-        credentials = await self._credentials()
-        try:
-            ws = await ws_connect(
-                self.url,
-                open_timeout=self.connect_timeout,
-                max_size=self._max_frame_size,
-                ping_interval=None,  # liveness comes from the broker's heartbeats
-                close_timeout=2.0,
-                compression=None,
-            )
-        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-            raise ConnectionFailed(f"cannot connect to {self.url}: {exc}") from exc
-        self._ws = ws
-        self._close_error = None
-        self._reader = asyncio.get_running_loop().create_task(self._read(ws))
-        try:
-            reply = await self._request(fr.Connect, timeout=self.connect_timeout, **credentials)
-        except RequestTimeout:
-            raise RequestTimeout("no 'connected' reply in time", code=40801) from None
-        assert isinstance(reply, fr.Connected)
-        self._transition(Trigger.CONNECTED, f"connected as {reply.connection_id}")
-        self._watchdog = asyncio.get_running_loop().create_task(self._watch(ws))
+    async def reconnect(self, timeout: float | None = None) -> None:
+        """Drop the link now and reconnect at once (no backoff), resuming; returns when
+        connected again."""
+        if self.state in (S.INITIALIZED, S.CLOSED, S.FAILED):
+            await self.connect(timeout)
+            return
+        self._retry_now.set()
+        state: ConnectionState = self._core.state
+        if state is S.CONNECTED and self._link is not None:
+            self._link.abort(Disconnected("reconnect() called"))
+            await asyncio.sleep(0)
+        await self.connect(timeout)
 
     async def close(self) -> None:
-        """Say goodbye to the broker and close the connection. Safe to call twice."""
-        if self.state in (ConnectionState.CLOSED, ConnectionState.CLOSING):
+        """Say goodbye to the broker and stop. Pending publishes fail with ConnectionClosed."""
+        if self.state in (S.CLOSED, S.CLOSING):
             return
-        if self.state is ConnectionState.INITIALIZED:
+        if self.state is S.INITIALIZED:
             self._transition(Trigger.CLOSE, "close() called")
             return
-        was_connected = self.state is ConnectionState.CONNECTED
-        if self.state in (ConnectionState.CONNECTING, ConnectionState.CONNECTED):
+        tasks = [t for t in (self._supervisor, self._renewer) if t is not None]
+        self._supervisor = self._renewer = None
+        link = self._link
+        if self.state in (S.CONNECTING, S.CONNECTED):
             self._transition(Trigger.CLOSE, "close() called")
-            if was_connected:
+            if link is not None and link.connected:
                 with contextlib.suppress(RtkitError):
-                    await self._request(fr.Close, timeout=min(2.0, self.request_timeout))
-        await self._drop_transport()
-        for channel in self._channels.values():
-            channel._close_all()
-        # The state may have moved while awaiting (the broker may have closed first).
-        state: ConnectionState = self._core.state
-        if state is ConnectionState.CLOSING:
-            self._transition(Trigger.CLOSED, "closed")
-        elif state is not ConnectionState.CLOSED:
+                    await self._request(fr.Close, timeout=min(2.0, self.request_timeout),
+                                        internal=True)
+        else:
             self._transition(Trigger.CLOSE, "close() called")
-
-    def _close_soon(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().create_task(self.close())
-
-    async def _drop_transport(self) -> None:
-        ws, self._ws = self._ws, None
-        tasks = [t for t in (self._watchdog, self._reader) if t is not None]
-        self._watchdog = self._reader = None
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 2.0)
         for task in tasks:
             if task is not asyncio.current_task():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        self._fail_pending(RtConnectionClosed("connection closed"))
+        await self._drop_link()
+        self._fail_queued(RtConnectionClosed("the client was closed before the ack"))
+        for channel in self._channels.values():
+            channel._close_all()
+        if self._core.state is S.CLOSING:
+            self._transition(Trigger.CLOSED, "closed")
+
+    def _close_soon(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().create_task(self.close())
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -279,6 +351,116 @@ class Client:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.close()
+
+    # ---------------------------------------------------------------- the supervisor
+
+    def _is_fatal(self, err: RtkitError) -> bool:
+        """Refused credentials are refused again: stop instead of retrying."""
+        if isinstance(err, InvalidCredentials):
+            return True
+        return isinstance(err, TokenExpired) and not (self._auth and self._auth.renewable)
+
+    async def _supervise(self) -> None:
+        attempt = 0
+        lost_at: float | None = None
+        while True:
+            try:
+                await self._open()
+            except RtkitError as exc:
+                await self._drop_link()
+                self._report_error(exc)
+                if self._is_fatal(exc):
+                    self._fail(exc)
+                    return
+                self._transition(Trigger.TRANSPORT_LOST, f"connect failed: {exc.message}", exc)
+            else:
+                attempt, lost_at = 0, None
+                assert self._link is not None
+                err = await self._link.lost
+                await self._drop_link()
+                self._report_error(err)
+                if self._is_fatal(err):
+                    self._fail(err)
+                    return
+                self._transition(Trigger.TRANSPORT_LOST, err.message, err)
+            if lost_at is None:
+                lost_at = time.time()
+            await self._wait_before_retry(attempt, lost_at)
+            attempt += 1
+            self._transition(Trigger.RETRY, f"retry #{attempt}")
+
+    def _fail(self, err: RtkitError) -> None:
+        self._transition(Trigger.FATAL, err.message, err)
+        self._fail_queued(ConnectionFailed(f"connection failed: {err.message}"))
+
+    async def _wait_before_retry(self, attempt: int, lost_at: float) -> None:
+        if self.state is S.SUSPENDED:
+            delay = self.suspended_retry_interval * (0.5 + self._rng.random() / 2)
+        else:
+            delay = self.backoff.delay(attempt, self._rng)
+        deadline = time.time() + delay
+        ttl_at = lost_at + self.connection_state_ttl
+        while True:
+            now = time.time()
+            if self.state is S.DISCONNECTED and now >= ttl_at:
+                self._transition(Trigger.TTL_EXPIRED,
+                                 f"disconnected for more than {self.connection_state_ttl:g} s")
+                self._fail_queued(ConnectionSuspended(
+                    "the connection is suspended: queued publishes cannot be kept"))
+            wait = deadline - now
+            if self.state is S.DISCONNECTED:
+                wait = min(wait, ttl_at - now)
+            if wait <= 0 and now >= deadline:
+                return
+            try:
+                await asyncio.wait_for(self._retry_now.wait(), max(wait, 0.0))
+                return
+            except TimeoutError:
+                continue
+
+    async def _open(self) -> None:
+        """One connection attempt: link, connect (resuming), re-attach, resend."""
+        self._retry_now.clear()
+        started = time.perf_counter()
+        credentials = await self._credentials()
+        link = Link(self.url, self._core, self._on_event, self.connect_timeout,
+                    self._max_frame_size, self._grace, self._fail_pending, self._set_rtt)
+        self._link = link
+        await link.open()
+        resume_from = self._resume_key
+        try:
+            reply = await self._request(fr.Connect, timeout=self.connect_timeout,
+                                        resume=resume_from, internal=True, **credentials)
+        except RequestTimeout:
+            raise RequestTimeout("no 'connected' reply in time", code=40801) from None
+        assert isinstance(reply, fr.Connected)
+        connected = time.perf_counter()
+        self._resume_key = reply.connection_key
+        if resume_from is not None and not reply.resumed:
+            why = "the broker could not resume the connection (TTL passed or broker restarted)"
+            for ch in self._channels.values():
+                ch._resume_refused(why)
+        replayed_before = self._replayed
+        channels = [ch for ch in self._channels.values() if ch._want_attached]
+        await asyncio.gather(*(ch._reattach() for ch in channels))
+        link.start_watchdog()
+        self._transition(Trigger.CONNECTED, f"connected as {reply.connection_id}"
+                         + (" (resumed)" if reply.resumed else ""))
+        await self._flush_outbox()
+        self.last_resume = ResumeInfo(started, connected, time.perf_counter(), reply.resumed,
+                                      len(channels), self._replayed - replayed_before)
+
+    async def _credentials(self) -> dict[str, Any]:
+        if self._key is not None:
+            return {"key": self._key, "client_id": self._requested_client_id}
+        assert self._auth is not None
+        return {"token": await self._auth.fresh(), "client_id": self._requested_client_id}
+
+    async def _drop_link(self) -> None:
+        link, self._link = self._link, None
+        self._outbox.transport_lost()
+        if link is not None:
+            await link.close()
 
     # ---------------------------------------------------------------- requests
 
@@ -289,27 +471,52 @@ class Client:
             ch = self._channels[name] = Channel(self, name)
         return ch
 
-    async def _request(
-        self, frame_type: type[fr.Frame], timeout: float | None = None, **fields: Any
-    ) -> fr.Frame:
-        ws = self._ws
-        if ws is None or self.state not in (ConnectionState.CONNECTED, ConnectionState.CONNECTING,
-                                            ConnectionState.CLOSING):
-            raise Disconnected(f"cannot {frame_type.ACTION}: the client is {self.state.value}")
+    async def _usable(self, action: str) -> None:
+        """Wait (up to request_timeout) while reconnecting; refuse when it is hopeless."""
+        if self.state in (S.DISCONNECTED, S.CONNECTING):
+            with contextlib.suppress(TimeoutError):
+                await self.wait_for_state(S.CONNECTED, S.SUSPENDED, S.FAILED, S.CLOSED,
+                                          timeout=self.request_timeout)
+        if self.state is not S.CONNECTED:
+            raise self._unusable(action)
+
+    def _unusable(self, action: str) -> RtkitError:
+        state = self.state
+        why = f"cannot {action}: the client is {state.value}"
+        if state is S.SUSPENDED:
+            return ConnectionSuspended(why)
+        if state is S.FAILED:
+            return ConnectionFailed(why)
+        if state in (S.CLOSED, S.CLOSING):
+            return RtConnectionClosed(why)
+        return Disconnected(why)
+
+    async def _request(self, frame_type: type[fr.Frame], timeout: float | None = None,
+                       internal: bool = False, **fields: Any) -> fr.Frame:
+        if not internal:
+            await self._usable(frame_type.ACTION)
+        link = self._link
+        if link is None or link.ws is None:
+            raise self._unusable(frame_type.ACTION)
         ref, text = self._core.request(frame_type, **fields)
         fut: asyncio.Future[fr.Frame] = asyncio.get_running_loop().create_future()
         self._futures[ref] = fut
         try:
-            await ws.send(text)
+            await link.ws.send(text)
             return await asyncio.wait_for(fut, timeout or self.request_timeout)
         except TimeoutError:
             raise RequestTimeout(f"no reply to {frame_type.ACTION} in time") from None
         except ConnectionClosed as exc:
-            raise error_from_close(exc.rcvd.code if exc.rcvd else None,
-                                   exc.rcvd.reason if exc.rcvd else "") from None
+            raise link.close_error(exc) from None
         finally:
             self._futures.pop(ref, None)
             self._core.forget(ref)
+
+    def _fail_pending(self, err: RtkitError) -> None:
+        for ref in self._core.abandon_all():
+            fut = self._futures.pop(ref, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(err)
 
     async def ping(self) -> float:
         """Send a heartbeat and return the round-trip time in seconds."""
@@ -318,34 +525,75 @@ class Client:
         self.last_rtt = time.perf_counter() - start
         return self.last_rtt
 
-    def _fail_pending(self, err: RtkitError) -> None:
-        for ref in self._core.abandon_all():
-            fut = self._futures.pop(ref, None)
-            if fut is not None and not fut.done():
-                fut.set_exception(err)
+    # ---------------------------------------------------------------- publishing
+
+    async def _publish(self, channel: str, name: str, data: Any, msg_id: str | None,
+                       timeout: float | None) -> PublishResult:
+        if self.state in (S.INITIALIZED, S.SUSPENDED, S.FAILED, S.CLOSED, S.CLOSING):
+            raise self._unusable("publish")
+        entry = self._outbox.add(channel, name, data, msg_id or self._new_id())
+        entry.waiter = asyncio.get_running_loop().create_future()
+        if self.state is S.CONNECTED:
+            await self._flush_outbox()
+        try:
+            if timeout is None:
+                return await asyncio.shield(entry.waiter)
+            return await asyncio.wait_for(asyncio.shield(entry.waiter), timeout)
+        except TimeoutError:
+            self._outbox.remove(entry)
+            raise RequestTimeout(f"no ack for {entry.id!r} in {timeout:g} s (it may still "
+                                 f"have been published)") from None
+
+    def _new_id(self) -> str:
+        return f"{self._instance}:{next(self._ids)}"
+
+    async def _flush_outbox(self) -> None:
+        """Send every unsent publish, in the order they were made."""
+        async with self._send_lock:
+            link = self._link
+            if link is None or link.ws is None or self.state is not S.CONNECTED:
+                return
+            for entry in self._outbox.take_unsent():
+                ref, text = self._core.request(fr.Publish, channel=entry.channel,
+                                               name=entry.name, data=entry.data, id=entry.id)
+                self._outbox.mark_sent(entry, ref)
+                try:
+                    await link.ws.send(text)
+                except ConnectionClosed:
+                    return  # the supervisor will resend after reconnecting
+
+    def _fail_queued(self, err: RtkitError) -> None:
+        for entry in self._outbox.take_all():
+            if entry.waiter is not None and not entry.waiter.done():
+                entry.waiter.set_exception(err)
+
+    # ---------------------------------------------------------------- token renewal
+
+    async def _renew_forever(self) -> None:
+        """Renew the token before it expires; in-band on a live connection."""
+        assert self._auth is not None
+        auth = self._auth
+        while True:
+            at = auth.renew_at()
+            if at is None:
+                return
+            await asyncio.sleep(max(0.0, at - time.time()))
+            attempt = 0
+            while True:
+                try:
+                    token = await auth.renew()
+                    if self.state is S.CONNECTED:
+                        await self._request(fr.Auth, token=token, internal=True)
+                    break
+                except (Disconnected, RtConnectionClosed):
+                    break  # the reconnect presents the new token
+                except RtkitError as exc:
+                    self._report_error(exc)
+                    log.warning("token renewal failed: %s", exc)
+                    await asyncio.sleep(self.backoff.delay(attempt, self._rng))
+                    attempt += 1
 
     # ---------------------------------------------------------------- input
-
-    async def _read(self, ws: ClientConnection) -> None:
-        try:
-            async for data in ws:
-                for event in self._core.receive(data, time.time()):
-                    self._on_event(event)
-        except ConnectionClosed:
-            pass
-        except Exception:
-            log.exception("client reader failed")
-        if ws is self._ws:
-            err = self._close_error or error_from_close(ws.close_code, ws.close_reason or "")
-            self._transport_lost(err)
-
-    def _transport_lost(self, err: RtkitError) -> None:
-        self._ws = None
-        self.last_error = err
-        self._fail_pending(err)
-        if self.state in (ConnectionState.CONNECTED, ConnectionState.CONNECTING):
-            trigger = Trigger.FATAL if _is_fatal(err) else Trigger.TRANSPORT_LOST
-            self._transition(trigger, err.message, err)
 
     def _on_event(self, event: cc.Event) -> None:
         if isinstance(event, cc.Delivery):
@@ -353,13 +601,27 @@ class Client:
             if ch is not None:
                 ch._deliver(event.messages)
         elif isinstance(event, cc.Reply):
-            sent = self._pings.pop(event.ref, None)
-            if sent is not None:
-                self.last_rtt = time.perf_counter() - sent
+            if isinstance(event.frame, fr.Attached):
+                ch = self._channels.get(event.frame.channel)
+                if ch is not None:
+                    ch._on_attached(event.frame)
+            if isinstance(event.frame, fr.Ack) and self._outbox.is_publish(event.ref):
+                entry = self._outbox.resolve(event.ref)
+                f = event.frame
+                if entry is not None and entry.waiter is not None and not entry.waiter.done():
+                    entry.waiter.set_result(PublishResult(f.id, f.serial, f.timestamp,
+                                                          f.duplicate))
+                return
             fut = self._futures.get(event.ref)
             if fut is not None and not fut.done():
                 fut.set_result(event.frame)
         elif isinstance(event, cc.Refused):
+            entry = self._outbox.resolve(event.ref) if self._outbox.is_publish(event.ref) \
+                else None
+            if entry is not None:
+                if entry.waiter is not None and not entry.waiter.done():
+                    entry.waiter.set_exception(event.error)
+                return
             fut = self._futures.get(event.ref)
             if fut is not None and not fut.done():
                 fut.set_exception(event.error)
@@ -372,54 +634,18 @@ class Client:
             if ch is not None:
                 ch._on_detached()
             if event.error is not None:
-                self.last_error = event.error
+                self._report_error(event.error)
         elif isinstance(event, cc.BrokerError):
-            self.last_error = event.error
-            if event.fatal:
-                self._close_error = event.error
+            self._report_error(event.error)
             log.warning("broker error: %s", event.error)
-        elif isinstance(event, cc.BrokerClosed):
-            self._close_error = event.error or RtConnectionClosed("closed by the broker")
         elif isinstance(event, cc.Malformed):
             log.warning("ignored a malformed frame from the broker: %s", event.error)
 
-    # ---------------------------------------------------------------- liveness
+    def _count_replay(self, n: int) -> None:
+        self._replayed += n
 
-    async def _watch(self, ws: ClientConnection) -> None:
-        """Drop the link after a heartbeat interval (plus grace) of silence; measure RTT."""
-        session = self._core.session
-        assert session is not None
-        interval = session.heartbeat_interval
-        grace = self._grace if self._grace is not None else max(0.1, interval / 2)
-        self._core.liveness.interval, self._core.liveness.grace = interval, grace
-        next_ping = time.time() + interval
-        period = min(interval / 4, 1.0)
-        last_tick = time.time()
-        while ws is self._ws:
-            await asyncio.sleep(period)
-            now = time.time()
-            late = now - last_tick > period + grace
-            last_tick = now
-            if late:
-                # Our own loop was blocked (a busy notebook cell): heartbeats may be waiting
-                # unread in the socket. Let the reader catch up before judging the link.
-                continue
-            if self._core.liveness.is_dead(now):
-                silent = now - self._core.liveness.last_heard
-                self._close_error = Disconnected(f"no heartbeat from the broker for {silent:.2f} s")
-                if ws.transport is not None:
-                    ws.transport.abort()  # a half-open link would never finish a clean close
-                return
-            if now >= next_ping:
-                next_ping = now + interval
-                ref, text = self._core.request(fr.Heartbeat)
-                self._pings[ref] = time.perf_counter()
-                if len(self._pings) > 16:  # replies lost: stop waiting for the oldest
-                    oldest = next(iter(self._pings))
-                    del self._pings[oldest]
-                    self._core.forget(oldest)
-                with contextlib.suppress(ConnectionClosed):
-                    await ws.send(text)
+    def _set_rtt(self, rtt: float) -> None:
+        self.last_rtt = rtt
 
     def __repr__(self) -> str:
         return f"<rtkit.Client {self.url} {self.state.value} id={self.connection_id}>"

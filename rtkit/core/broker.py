@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rtkit.core import frames as fr
-from rtkit.core.channels import Channel
+from rtkit.core.channels import Channel, Stored
 from rtkit.core.frames import dumps
 from rtkit.core.tokens import ApiKey, Capability, KeyStore, verify_token
 from rtkit.errors import ProtocolError, RtkitError, error
@@ -83,6 +83,18 @@ class Session:
     protocol_errors: int = 0
     next_heartbeat: float = 0.0
     published: int = 0
+    #: False once the session ended on purpose (close, fatal error): nothing to resume.
+    resumable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """A lost connection that may still be resumed until ``lost_at + connection_state_ttl``."""
+
+    connection_id: str
+    client_id: str | None
+    published: int
+    lost_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,20 +133,24 @@ class BrokerCore:
         self.keys = keys
         self.channels: dict[str, Channel] = {}
         self.sessions: dict[str, Session] = {}
+        self.parked: dict[str, Parked] = {}  # by connection_key
         self._out: list[Output] = []
         self._dirty: dict[Channel, None] = {}
         self._bucket_factory = bucket_factory or (
             lambda: TokenBucket(config.publish_rate, config.publish_burst)
         )
         self._max_batch = max(1024, config.max_frame_size - 512)
+        self.now = 0.0  # the latest time the driver told us about
         self.stats = {
             "connections_opened": 0, "received": 0, "published": 0, "delivered_frames": 0,
-            "protocol_errors": 0, "slow_consumers": 0,
+            "protocol_errors": 0, "slow_consumers": 0, "resumed": 0, "resume_refused": 0,
+            "replayed": 0, "continuity_lost": 0,
         }
 
     # ---------------------------------------------------------------- session lifecycle
 
     def open_session(self, now: float, transport: Any = None) -> Session:
+        self.now = now
         cid = f"c{next(_ids)}-{secrets.token_hex(3)}"
         s = Session(cid, f"{cid}!{secrets.token_urlsafe(12)}", now, transport)
         s.bucket = self._bucket_factory()
@@ -147,7 +163,10 @@ class BrokerCore:
         if s.closed:
             return
         s.closed = True
-        self.sessions.pop(s.connection_id, None)
+        if self.sessions.get(s.connection_id) is s:
+            del self.sessions[s.connection_id]
+        if s.connected and s.resumable:
+            self.parked[s.connection_key] = Parked(s.connection_id, s.client_id, s.published, now)
         for name in list(s.channels):
             ch = self.channels.get(name)
             if ch is not None:
@@ -171,6 +190,7 @@ class BrokerCore:
         """Handle one frame received from ``s``."""
         if s.closed:
             return
+        self.now = now
         self.stats["received"] += 1
         ref: fr.Ref | None = None
         try:
@@ -212,6 +232,7 @@ class BrokerCore:
         if isinstance(f, fr.Auth):
             return self._on_auth(s, f, now)
         if isinstance(f, fr.Close):
+            s.resumable = False
             self._send(s, fr.Closed(ref=f.ref))
             self._out.append(Disconnect(s, 1000, "closed by client"))
             return None
@@ -249,6 +270,11 @@ class BrokerCore:
         s.connected, s.client_id, s.capability = True, client_id, cap
         s.token_expires, s.key_id = expires, key_id
         s.next_heartbeat = now + self.config.heartbeat_interval
+        resumed, resume_error = False, None
+        if f.resume is not None:
+            resumed = self._resume(s, f.resume, now)
+            if not resumed:
+                resume_error = error(40401)
         self._send(s, fr.Connected(
             ref=f.ref,
             connection_id=s.connection_id,
@@ -259,8 +285,39 @@ class BrokerCore:
             server_time=round(now * 1000),
             token_expires=None if expires is None else round(expires * 1000),
             limits=self.config.limits(),
+            resumed=resumed,
+            error=resume_error,
         ))
         return None
+
+    def _resume(self, s: Session, key: str, now: float) -> bool:
+        """Give ``s`` the identity of the connection ``key`` names, if still resumable."""
+        parked = self.parked.get(key)
+        if parked is None:
+            # The old transport may be half-open and not noticed yet: take over from it.
+            old_id = key.partition("!")[0]
+            old = self.sessions.get(old_id)
+            if old is None or old.connection_key != key or old is s:
+                self.stats["resume_refused"] += 1
+                return False
+            old.resumable = False
+            self._out.append(Disconnect(old, 4409, "superseded by a resumed connection"))
+            self.session_lost(old, now)
+            parked = Parked(old.connection_id, old.client_id, old.published, now)
+        elif now - parked.lost_at > self.config.connection_state_ttl:
+            del self.parked[key]
+            self.stats["resume_refused"] += 1
+            return False
+        if parked.client_id != s.client_id:
+            self.stats["resume_refused"] += 1
+            return False
+        self.parked.pop(key, None)
+        if self.sessions.get(s.connection_id) is s:
+            del self.sessions[s.connection_id]
+        s.connection_id, s.connection_key, s.published = parked.connection_id, key, parked.published
+        self.sessions[s.connection_id] = s
+        self.stats["resumed"] += 1
+        return True
 
     def _on_auth(self, s: Session, f: fr.Auth, now: float) -> None:
         try:
@@ -323,10 +380,37 @@ class BrokerCore:
         self._seal(ch)
         ch.add_subscriber(s)
         s.channels.add(ch.name)
-        self._send(s, fr.Attached(ref=f.ref, channel=ch.name, serial=ch.serial, epoch=ch.epoch))
-        if f.rewind:
-            replay = ch.query(min(f.rewind, self.config.history_size), None, round(now * 1000))
-            self._send_batch((s,), ch, [m.fragment for m in replay])
+        now_ms = round(now * 1000)
+        replay: list[Stored] = []
+        lost, lost_from = False, None
+        if f.from_serial is not None:
+            ch.prune(now_ms)
+            if f.epoch is not None and f.epoch != ch.epoch:
+                lost = True  # another incarnation of the channel: old serials mean nothing
+            elif f.from_serial < ch.serial:
+                replay = ch.since(f.from_serial)
+                if not replay or replay[0].serial != f.from_serial + 1:
+                    lost, lost_from = True, f.from_serial + 1
+            if lost:
+                self.stats["continuity_lost"] += 1
+        elif f.rewind:
+            replay = ch.query(min(f.rewind, self.config.history_size), None, now_ms)
+        self._send(s, fr.Attached(ref=f.ref, channel=ch.name, serial=ch.serial, epoch=ch.epoch,
+                                  lost=lost, lost_from=lost_from))
+        self._replay(s, ch, replay)
+
+    def _replay(self, s: Session, ch: Channel, stored: list[Stored]) -> None:
+        """Send stored messages to one session in frames that respect the frame limit."""
+        self.stats["replayed"] += len(stored)
+        batch: list[str] = []
+        size = 0
+        for m in stored:
+            if batch and size + len(m.fragment) + 256 > self._max_batch:
+                self._send_batch((s,), ch, batch)
+                batch, size = [], 0
+            batch.append(m.fragment)
+            size += len(m.fragment) + 1
+        self._send_batch((s,), ch, batch)
 
     def _on_detach(self, s: Session, f: fr.Detach) -> None:
         ch = self.channels.get(f.channel)
@@ -384,7 +468,7 @@ class BrokerCore:
             return
         ch = self.channels.get(f.channel)
         limit = min(f.limit or 100, max(1, self.config.history_size))
-        items = ch.query(limit, f.before, round(now * 1000)) if ch else []
+        items = ch.query(limit, f.before, round(now * 1000), f.after) if ch else []
         body = ",".join(m.fragment for m in items)
         self._out.append(Send((s,), f'{{"action":"history_result","ref":{dumps(f.ref)},'
                                     f'"channel":{dumps(f.channel)},"messages":[{body}]}}'))
@@ -422,8 +506,12 @@ class BrokerCore:
     # ---------------------------------------------------------------- time
 
     def tick(self, now: float) -> None:
-        """Heartbeats, token expiry, auth timeout and history pruning, all due at ``now``."""
+        """Heartbeats, token expiry, auth timeout, resumable sessions and history pruning."""
+        self.now = now
         interval = self.config.heartbeat_interval
+        ttl = self.config.connection_state_ttl
+        for key in [k for k, p in self.parked.items() if now - p.lost_at > ttl]:
+            del self.parked[key]
         for s in list(self.sessions.values()):
             if not s.connected:
                 if now - s.opened_at > self.config.auth_timeout:
@@ -451,9 +539,12 @@ class BrokerCore:
         self._out.append(Send((s,), fr.encode(frame)))
 
     def _fatal(self, s: Session, err: RtkitError, ref: fr.Ref | None) -> None:
+        # An expired token or a slow reader may come back and resume; refused credentials
+        # or a protocol abuser may not.
+        s.resumable = err.code in (40140, 42903)
         self._send(s, fr.Error(ref=ref, error=err, fatal=True))
         self._out.append(Disconnect(s, close_code_for(err), f"{err.code} {err.message}"[:120]))
-        self.session_lost(s, 0.0)
+        self.session_lost(s, self.now)
 
     def _send_batch(self, targets: tuple[Session, ...], ch: Channel, batch: list[str]) -> None:
         if batch and targets:

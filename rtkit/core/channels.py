@@ -111,10 +111,16 @@ class Channel:
         while history and history[0].timestamp < limit:
             history.popleft()
 
-    def query(self, limit: int, before: int | None, now_ms: int) -> list[Stored]:
-        """The latest ``limit`` stored messages with serial < ``before``, oldest first."""
+    def query(
+        self, limit: int, before: int | None, now_ms: int, after: int | None = None
+    ) -> list[Stored]:
+        """Stored messages with ``after`` < serial < ``before``, oldest first: the first
+        ``limit`` of them when ``after`` is given, else the latest ``limit``."""
         self.prune(now_ms)
-        picked: list[Stored] = []
+        if after is not None:
+            picked = [m for m in self.since(after) if before is None or m.serial < before]
+            return picked[:limit]
+        picked = []
         for stored in reversed(self.history):
             if before is not None and stored.serial >= before:
                 continue
@@ -123,6 +129,18 @@ class Channel:
                 break
         picked.reverse()
         return picked
+
+    def since(self, serial: int) -> list[Stored]:
+        """Every stored message with a serial above ``serial``, oldest first."""
+        history = self.history
+        if not history or history[-1].serial <= serial:
+            return []
+        # Serials in history are consecutive, so the start index is a subtraction.
+        start = max(0, serial - history[0].serial + 1)
+        return [history[i] for i in range(start, len(history))]
+
+    def oldest_serial(self) -> int | None:
+        return self.history[0].serial if self.history else None
 
     # -- presence ---------------------------------------------------------------------
 

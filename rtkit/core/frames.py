@@ -231,6 +231,8 @@ class Connect(Frame):
     key: str | None = None
     token: str | None = None
     client_id: str | None = None
+    #: The connection_key of an earlier connection to resume (within connection_state_ttl).
+    resume: str | None = None
 
     @classmethod
     def parse(cls, r: _Reader) -> Connect:
@@ -240,6 +242,7 @@ class Connect(Frame):
             key=r.opt_text("key", 512, 1),
             token=r.opt_text("token", 8192, 1),
             client_id=r.opt_text("client_id", MAX_ID_LENGTH, 1),
+            resume=r.opt_text("resume", 512, 1),
         )
 
 
@@ -261,10 +264,19 @@ class Attach(Frame):
     ref: Ref | None = None
     channel: str = ""
     rewind: int | None = None
+    #: Resume: the last serial the client saw, in the channel ``epoch`` it saw it in.
+    from_serial: int | None = None
+    epoch: str | None = None
 
     @classmethod
     def parse(cls, r: _Reader) -> Attach:
-        return cls(ref=r.ref(), channel=r.channel(), rewind=r.opt_integer("rewind"))
+        return cls(
+            ref=r.ref(),
+            channel=r.channel(),
+            rewind=r.opt_integer("rewind"),
+            from_serial=r.opt_integer("from_serial"),
+            epoch=r.opt_text("epoch", 64),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +327,7 @@ class History(Frame):
     channel: str = ""
     limit: int | None = None
     before: int | None = None
+    after: int | None = None
 
     @classmethod
     def parse(cls, r: _Reader) -> History:
@@ -323,6 +336,7 @@ class History(Frame):
             channel=r.channel(),
             limit=r.opt_integer("limit", 1),
             before=r.opt_integer("before", 1),
+            after=r.opt_integer("after", 0),
         )
 
 
@@ -380,6 +394,9 @@ class Connected(Frame):
     server_time: int = 0
     token_expires: int | None = None
     limits: dict[str, int] = field(default_factory=dict)
+    resumed: bool = False
+    #: Why a requested resume was refused (40401): the client lost continuity.
+    error: RtkitError | None = None
 
     @classmethod
     def parse(cls, r: _Reader) -> Connected:
@@ -394,6 +411,8 @@ class Connected(Frame):
             server_time=r.integer("server_time"),
             token_expires=r.opt_integer("token_expires"),
             limits={k: v for k, v in limits.items() if isinstance(v, int)},
+            resumed=r.opt_bool("resumed"),
+            error=r.error() if r.obj.get("error") is not None else None,
         )
 
 
@@ -404,6 +423,10 @@ class Attached(Frame):
     channel: str = ""
     serial: int = 0
     epoch: str = ""
+    #: For a resume: true when the missed messages could not all be replayed.
+    lost: bool = False
+    #: The first serial that could not be recovered (absent when unknown, e.g. new epoch).
+    lost_from: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         out = Frame.to_wire(self)
@@ -413,7 +436,8 @@ class Attached(Frame):
     @classmethod
     def parse(cls, r: _Reader) -> Attached:
         return cls(
-            ref=r.ref(), channel=r.channel(), serial=r.integer("serial"), epoch=r.text("epoch")
+            ref=r.ref(), channel=r.channel(), serial=r.integer("serial"), epoch=r.text("epoch"),
+            lost=r.opt_bool("lost"), lost_from=r.opt_integer("lost_from", 1),
         )
 
 

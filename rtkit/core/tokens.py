@@ -144,6 +144,14 @@ class TokenClaims:
         return self.expires_at - now
 
 
+def renewal_time(issued_at: float, expires_at: float, max_margin: float = 30.0) -> float:
+    """When a client should renew a token: a third of its lifetime before expiry, at most
+    ``max_margin`` seconds before (a 1-hour token renews 30 s early, a 3-second one 1 s early).
+    """
+    lifetime = max(0.0, expires_at - issued_at)
+    return expires_at - min(max_margin, lifetime / 3)
+
+
 class KeyStore:
     """The broker's API keys, by key id, with revocation."""
 

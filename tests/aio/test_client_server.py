@@ -113,7 +113,7 @@ async def test_expired_token_raises_token_expired(server: rtkit.Server) -> None:
     client = rtkit.Client(server.url, token=token)
     with pytest.raises(rtkit.TokenExpired):
         await within(client.connect())
-    assert client.state is S.DISCONNECTED  # renewable: not a permanent failure
+    assert client.state is S.FAILED  # a fixed token cannot be renewed: retrying is pointless
 
 
 async def test_auth_callback_sync_and_async(server: rtkit.Server, connect: Connect) -> None:
@@ -134,11 +134,14 @@ async def test_auth_callback_sync_and_async(server: rtkit.Server, connect: Conne
 
 
 async def test_connection_refused_is_a_typed_error() -> None:
-    client = rtkit.Client("ws://127.0.0.1:9", key="k:" + "x" * 32, connect_timeout=scaled(2))
+    client = rtkit.Client("ws://127.0.0.1:9", key="k:" + "x" * 32, connect_timeout=scaled(1))
     with pytest.raises(rtkit.ConnectionFailed) as info:
         await client.connect()
     assert info.value.code == 80000
-    assert client.state is S.DISCONNECTED
+    assert "still retrying" in info.value.message
+    assert client.state in (S.DISCONNECTED, S.CONNECTING)
+    await client.close()
+    assert client.state is S.CLOSED
 
 
 async def test_state_changes_observable_by_callback_and_iteration(server: rtkit.Server) -> None:
@@ -225,15 +228,18 @@ async def test_requests_after_close_raise(connect: Connect) -> None:
     await client.close()
     await client.close()  # idempotent
     assert client.state is S.CLOSED
-    with pytest.raises(rtkit.Disconnected):
+    with pytest.raises(rtkit.ConnectionClosed):
         await client.channel("c").publish("n")
+    with pytest.raises(rtkit.ConnectionClosed):
+        await client.channel("c").history()
 
 
 async def test_server_stop_tells_clients(server: rtkit.Server, connect: Connect) -> None:
     client = await connect()
     await asyncio.get_running_loop().run_in_executor(None, server.stop)
     await within(client.wait_for_state(S.DISCONNECTED))
-    assert client.last_error is not None and client.last_error.code == 50001
+    lost = client.state_history[-1]
+    assert lost.error is not None and lost.error.code == 50001
     assert not server.running
 
 

@@ -1,0 +1,185 @@
+"""Subscriptions (callbacks or ``async for``) and presence, on top of a channel."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rtkit.core import frames as fr
+from rtkit.core.frames import Message, PresenceChange, PresenceMember
+from rtkit.errors import LimitExceeded
+
+if TYPE_CHECKING:
+    from rtkit.aio.channel import Channel
+
+log = logging.getLogger("rtkit.client")
+MessageCallback = Callable[[Message], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """The broker's ack: the message's id, serial and timestamp (ms since the epoch).
+
+    ``duplicate`` is true when a message with this id was already in the channel: the
+    broker did not add it again.
+    """
+
+    id: str
+    serial: int
+    timestamp: int
+    duplicate: bool = False
+
+
+class Subscription:
+    """Messages of one channel (optionally one event name) for a callback or ``async for``.
+
+    Sync callbacks run as each message arrives; async callbacks run one at a time, in
+    order. Without a callback, iterate: ``async for msg in subscription``. At most
+    ``buffer`` messages wait; past that the oldest are dropped, counted in ``dropped`` and
+    reported by the iterator as :class:`~rtkit.LimitExceeded` (42907), never silently.
+    """
+
+    def __init__(
+        self, channel: Channel, callback: MessageCallback | None, event: str | None, buffer: int
+    ) -> None:
+        self.channel = channel
+        self.callback = callback
+        self.event = event
+        self.dropped = 0
+        self.delivered = 0
+        self._is_async = callback is not None and inspect.iscoroutinefunction(callback)
+        self._queue: deque[Message] = deque()
+        self._buffer = buffer
+        self._ready = asyncio.Event()
+        self._closed = False
+        self._unreported_drops = 0
+        self._worker: asyncio.Task[None] | None = None
+        if self._is_async:
+            self._worker = asyncio.get_running_loop().create_task(self._run_async_callback())
+
+    @property
+    def active(self) -> bool:
+        return not self._closed
+
+    def _push(self, msg: Message) -> None:
+        if self._closed or (self.event is not None and msg.name != self.event):
+            return
+        self.delivered += 1
+        if self.callback is not None and not self._is_async:
+            try:
+                self.callback(msg)
+            except Exception:
+                log.exception("subscriber callback failed on %s #%d", msg.channel, msg.serial)
+            return
+        if len(self._queue) >= self._buffer:
+            self._queue.popleft()
+            self.dropped += 1
+            self._unreported_drops += 1
+        self._queue.append(msg)
+        self._ready.set()
+
+    async def _run_async_callback(self) -> None:
+        assert self.callback is not None
+        while True:
+            msg = await self.get()
+            try:
+                await self.callback(msg)
+            except Exception:
+                log.exception("subscriber callback failed on %s #%d", msg.channel, msg.serial)
+
+    async def get(self, timeout: float | None = None) -> Message:
+        """The next message (raises :class:`StopAsyncIteration` once unsubscribed)."""
+        while not self._queue:
+            if self._closed:
+                raise StopAsyncIteration
+            self._ready.clear()
+            if timeout is None:
+                await self._ready.wait()
+            else:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+        if self._unreported_drops:
+            count, self._unreported_drops = self._unreported_drops, 0
+            raise LimitExceeded(f"subscription buffer overflow: {count} messages dropped",
+                                code=42907)
+        return self._queue.popleft()
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self
+
+    async def __anext__(self) -> Message:
+        return await self.get()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._ready.set()
+        if self._worker is not None:
+            self._worker.cancel()
+
+    async def unsubscribe(self) -> None:
+        """Stop this subscription (and detach if it was the channel's last one)."""
+        await self.channel.unsubscribe(self)
+
+
+class Presence:
+    """Who is on a channel. Entering needs a client id and the ``presence`` capability."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self.members: dict[tuple[str, str], PresenceMember] = {}
+        self._listeners: list[Callable[[PresenceChange], Any]] = []
+        #: Whether (and with what data) this client entered: re-entered after a reconnect.
+        self.entered: tuple[bool, Any] = (False, None)
+
+    async def _op(self, op: fr.PresenceOp, data: Any = None, internal: bool = False
+                  ) -> list[PresenceMember]:
+        f = await self._channel._client._request(
+            fr.Presence, channel=self._channel.name, op=op, data=data, internal=internal
+        )
+        assert isinstance(f, fr.PresenceResult)
+        if op in ("enter", "update"):
+            self.entered = (True, data)
+        elif op == "leave":
+            self.entered = (False, None)
+        self.members = {(m.client_id, m.connection_id): m for m in f.members}
+        return list(f.members)
+
+    async def _reenter(self) -> None:
+        if self.entered[0]:
+            await self._op("enter", self.entered[1], internal=True)
+
+    async def enter(self, data: Any = None) -> list[PresenceMember]:
+        """Enter with optional JSON ``data``; returns the members now present."""
+        return await self._op("enter", data)
+
+    async def update(self, data: Any = None) -> list[PresenceMember]:
+        return await self._op("update", data)
+
+    async def leave(self) -> list[PresenceMember]:
+        return await self._op("leave")
+
+    async def get(self) -> list[PresenceMember]:
+        """The members present now."""
+        return await self._op("get")
+
+    def on_change(self, callback: Callable[[PresenceChange], Any]) -> Callable[[], None]:
+        """Call ``callback(change)`` for every enter/update/leave (while attached)."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    def _apply(self, changes: tuple[PresenceChange, ...]) -> None:
+        for change in changes:
+            m = change.member
+            if change.type == "leave":
+                self.members.pop((m.client_id, m.connection_id), None)
+            else:
+                self.members[(m.client_id, m.connection_id)] = m
+            for listener in list(self._listeners):
+                try:
+                    listener(change)
+                except Exception:
+                    log.exception("presence listener failed")
