@@ -4,6 +4,7 @@ Start a broker with :func:`serve`, connect with :class:`Client`, publish and sub
 channels. See ``docs/protocol.md`` for the wire protocol and ``notebooks/`` for tutorials.
 """
 
+from rtkit import chaos
 from rtkit.aio.broker import Broker
 from rtkit.aio.channel import Channel
 from rtkit.aio.client import Client, ResumeInfo
@@ -72,6 +73,7 @@ __all__ = [
     "TokenClaims",
     "TokenExpired",
     "Trigger",
+    "chaos",
     "inspect_token",
     "run",
     "serve",

@@ -1,0 +1,183 @@
+"""``rtkit.chaos.proxy()``: the fault-injection proxy in its own thread, driven by plain calls
+from a notebook cell, a widget or a test."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import pandas as pd
+
+from rtkit import _rerun
+from rtkit.chaos.proxy import ProxyServer
+
+T = TypeVar("T")
+
+
+class FaultProxy:
+    """A running proxy. Point clients at :attr:`url` instead of the broker's URL."""
+
+    def __init__(self, server: ProxyServer, loop: asyncio.AbstractEventLoop,
+                 thread: threading.Thread, stopped: asyncio.Event) -> None:
+        self._server = server
+        self._loop = loop
+        self._thread = thread
+        self._stopped = stopped
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self._server.host}:{self._server.port}"
+
+    @property
+    def port(self) -> int:
+        return int(self._server.port)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the proxy's loop and return its result."""
+        if not self._thread.is_alive():
+            raise RuntimeError("the proxy is stopped")
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        return fut.result(10)
+
+    # ---------------------------------------------------------------- faults
+
+    def drop_all(self) -> int:
+        """Reset every connection through the proxy now; returns how many were dropped."""
+        return self._call(self._server.drop_all)
+
+    def blackhole(self, seconds: float) -> None:
+        """For ``seconds``: forward nothing and close nothing (like a silent, dead route)."""
+        self._call(lambda: self._server.plan.blackhole(seconds, time.monotonic()))
+
+    def refuse(self, seconds: float) -> None:
+        """For ``seconds``: reset new connections at once."""
+        self._call(lambda: self._server.plan.refuse(seconds, time.monotonic()))
+
+    def set_latency(self, ms: float, jitter_ms: float = 0.0) -> None:
+        """Delay every chunk by ``ms`` (+/- ``jitter_ms``), each way; order is kept."""
+        if ms < 0 or jitter_ms < 0:
+            raise ValueError("latency and jitter must be >= 0")
+
+        def apply() -> None:
+            self._server.plan.latency, self._server.plan.jitter = ms / 1000, jitter_ms / 1000
+        self._call(apply)
+
+    def set_bandwidth(self, bytes_per_second: float | None) -> None:
+        """Limit each direction of each connection (None: unlimited)."""
+        if bytes_per_second is not None and bytes_per_second <= 0:
+            raise ValueError("bandwidth must be > 0 bytes/s (or None)")
+
+        def apply() -> None:
+            self._server.plan.bandwidth = bytes_per_second
+        self._call(apply)
+
+    def block_websockets(self, block: bool = True) -> None:
+        """Answer WebSocket upgrade requests with 403 (as some corporate proxies do)."""
+        def apply() -> None:
+            self._server.plan.block_websocket = block
+        self._call(apply)
+
+    def heal(self) -> None:
+        """Remove every fault (open connections are kept)."""
+        self._call(self._server.plan.heal)
+
+    # ---------------------------------------------------------------- observing
+
+    def faults(self) -> dict[str, object]:
+        """The faults in force now."""
+        return self._call(lambda: self._server.plan.describe(time.monotonic()))
+
+    def stats(self) -> dict[str, Any]:
+        """Totals: connections, refused, dropped, blocked, open, bytes each way."""
+        def collect() -> dict[str, Any]:
+            s = self._server
+            return {**s.totals, "open": len(s.relays),
+                    "bytes_up": sum(c.bytes_up for c in s.history),
+                    "bytes_down": sum(c.bytes_down for c in s.history)}
+        return self._call(collect)
+
+    def connections(self) -> pd.DataFrame:
+        """One row per connection (the latest 1,000): bytes, chunks, outcome, times."""
+        rows = self._call(lambda: [asdict(c) for c in self._server.history])
+        frame = pd.DataFrame(rows, columns=["id", "opened", "closed", "bytes_up", "bytes_down",
+                                            "chunks", "outcome"])
+        for col in ("opened", "closed"):
+            frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
+        return frame.set_index("id")
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close every connection and stop the proxy. Safe to call twice."""
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stopped.set)
+            self._thread.join(timeout)
+
+    def __enter__(self) -> FaultProxy:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        host, port = self._server.target
+        return f"<rtkit.chaos.FaultProxy {self.url} -> {host}:{port}>"
+
+
+def proxy(target: Any, host: str = "127.0.0.1", port: int = 0,
+          seed: int | None = None) -> FaultProxy:
+    """Start a fault-injection proxy in front of ``target`` (a :class:`rtkit.Server`, a
+    ``ws://host:port`` URL or a ``(host, port)`` pair) and return once it listens.
+    ``seed`` makes jitter reproducible."""
+    if isinstance(target, tuple):
+        target_host, target_port = target
+    else:
+        url = urlparse(getattr(target, "url", target))
+        if url.hostname is None or url.port is None:
+            raise ValueError(f"cannot proxy {target!r}: give a ws://host:port URL")
+        target_host, target_port = url.hostname, url.port
+    server = ProxyServer(target_host, int(target_port), seed)
+    loop = asyncio.new_event_loop()
+    started: concurrent.futures.Future[asyncio.Event] = concurrent.futures.Future()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        stopped = asyncio.Event()
+        try:
+            loop.run_until_complete(server.start(host, port))
+        except BaseException as exc:
+            started.set_exception(exc)
+            loop.close()
+            return
+        started.set_result(stopped)
+        try:
+            loop.run_until_complete(stopped.wait())
+            loop.run_until_complete(server.stop())
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="rtkit-fault-proxy", daemon=True)
+    thread.start()
+    handle = FaultProxy(server, loop, thread, started.result(30))
+    _rerun.replace_previous("proxy", handle, FaultProxy.stop)
+    return handle
