@@ -22,3 +22,14 @@ def test_fanout_smoke_run_prints_ratios() -> None:
     assert "INCOMPLETE" not in result.stdout
     rows = [line.split() for line in lines if line.split()[:2] in (["1", "rtkit"], ["10", "raw"])]
     assert len(rows) == 2 and all(float(r[3].replace(",", "")) > 0 for r in rows)
+
+
+def test_reconnect_smoke_run_prints_both_measures() -> None:
+    result = subprocess.run([sys.executable, str(BENCH / "reconnect.py"), "--quick"],
+                            capture_output=True, text=True, timeout=scaled(120))
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()
+            if line.split() and line.split()[0] in ("0", "50")]
+    assert len(rows) == 2
+    assert float(rows[0][1]) > 0 and rows[1][-1].replace(",", "").isdigit()
+    assert "target: resume p99 < 50 ms" in result.stdout

@@ -26,11 +26,13 @@ class TokenSource:
         self.claims: TokenClaims | None = None
         self.renewals = 0
         self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
         if token is not None:
             self._set(token)
 
     def _set(self, token: str) -> None:
         self.token = token
+        self._changed.set()
         try:
             self.claims = inspect_token(token)
         except RtkitError:
@@ -42,6 +44,11 @@ class TokenSource:
 
     def known_expired(self, now: float) -> bool:
         return self.claims is not None and self.claims.expires_at - EXPIRY_MARGIN <= now
+
+    async def wait_for_token(self) -> None:
+        """Wait until a new token is set."""
+        self._changed.clear()
+        await self._changed.wait()
 
     def renew_at(self) -> float | None:
         """When to renew the current token (None: never, without a callback or expiry)."""

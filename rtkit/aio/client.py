@@ -307,7 +307,8 @@ class Client:
         state: ConnectionState = self._core.state
         if state is S.CONNECTED and self._link is not None:
             self._link.abort(Disconnected("reconnect() called"))
-            await asyncio.sleep(0)
+            await self.wait_for_state(S.DISCONNECTED, S.CONNECTING, S.FAILED, S.CLOSED,
+                                      timeout=self.connect_timeout)
         await self.connect(timeout)
 
     async def close(self) -> None:
@@ -446,6 +447,9 @@ class Client:
         link.start_watchdog()
         self._transition(Trigger.CONNECTED, f"connected as {reply.connection_id}"
                          + (" (resumed)" if reply.resumed else ""))
+        if self._auth is not None and self._auth.token != credentials["token"]:
+            # Renewed while we were connecting with the previous token: present the new one.
+            await self._request(fr.Auth, token=self._auth.token, internal=True)
         await self._flush_outbox()
         self.last_resume = ResumeInfo(started, connected, time.perf_counter(), reply.resumed,
                                       len(channels), self._replayed - replayed_before)
@@ -575,8 +579,9 @@ class Client:
         auth = self._auth
         while True:
             at = auth.renew_at()
-            if at is None:
-                return
+            if at is None:  # no token yet (or one without expiry): wait for the next one
+                await auth.wait_for_token()
+                continue
             await asyncio.sleep(max(0.0, at - time.time()))
             attempt = 0
             while True:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,6 +135,9 @@ class BrokerCore:
         self.channels: dict[str, Channel] = {}
         self.sessions: dict[str, Session] = {}
         self.parked: dict[str, Parked] = {}  # by connection_key
+        # Channels forgotten while idle keep their epoch and last serial here, so that one
+        # used again continues its numbering and resuming clients see no false loss.
+        self._tombstones: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._out: list[Output] = []
         self._dirty: dict[Channel, None] = {}
         self._bucket_factory = bucket_factory or (
@@ -351,6 +355,9 @@ class BrokerCore:
                 name, history_size=c.history_size, history_ttl=c.history_ttl,
                 dedup_size=c.dedup_size,
             )
+            tomb = self._tombstones.pop(name, None)
+            if tomb is not None:
+                ch.epoch, ch.serial = tomb
             self.channels[name] = ch
         return ch
 
@@ -527,6 +534,9 @@ class BrokerCore:
             ch.prune(now_ms)
             if ch.is_idle() and not ch.pending:
                 del self.channels[name]
+                self._tombstones[name] = (ch.epoch, ch.serial)
+                if len(self._tombstones) > self.config.max_channels:
+                    self._tombstones.popitem(last=False)
 
     def overflowed(self, s: Session) -> None:
         """The driver found ``s``'s outbound buffer over the limit: disconnect it."""

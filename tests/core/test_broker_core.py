@@ -312,6 +312,11 @@ def test_idle_channels_are_forgotten_after_their_history_expires() -> None:
     assert "c" in h.core.channels
     h.tick(1.0)
     assert "c" not in h.core.channels
+    # Used again: same epoch, numbering continues, so a resume from serial 1 loses nothing.
+    h.send(s, {"action": "attach", "ref": 2, "channel": "c", "from_serial": 1,
+               "epoch": h.core._tombstones["c"][0]})
+    [attached] = h.take(s)
+    assert attached["serial"] == 1 and "lost" not in attached
 
 
 def test_shutdown_says_goodbye() -> None:
