@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from rtkit.core.tokens import TokenClaims, inspect_token, renewal_time
-from rtkit.errors import AuthError, RtkitError, TokenExpired
+from rtkit.errors import AuthError, ConnectionClosed, Disconnected, RtkitError, TokenExpired
+
+log = logging.getLogger("rtkit.client")
 
 AuthCallback = Callable[[], str | Awaitable[str]]
 
@@ -85,3 +88,36 @@ class TokenSource:
             self._set(result)
             self.renewals += 1
             return result
+
+
+async def renew_forever(
+    source: TokenSource,
+    present: Callable[[str], Awaitable[object]],
+    delay: Callable[[int], float],
+    report: Callable[[RtkitError], None],
+) -> None:
+    """Renew ``source``'s token before each expiry, for as long as the task runs.
+
+    ``present(token)`` hands a new token to a live connection (in-band ``auth``); it raises
+    :class:`~rtkit.Disconnected` or :class:`~rtkit.ConnectionClosed` when there is none, and
+    then the next connection attempt presents it. Failures are reported and retried after
+    ``delay(attempt)`` seconds (the client's backoff).
+    """
+    while True:
+        at = source.renew_at()
+        if at is None:  # no token yet (or one without expiry): wait for the next one
+            await source.wait_for_token()
+            continue
+        await asyncio.sleep(max(0.0, at - time.time()))
+        attempt = 0
+        while True:
+            try:
+                await present(await source.renew())
+                break
+            except (Disconnected, ConnectionClosed):
+                break  # the reconnect presents the new token
+            except RtkitError as exc:
+                report(exc)
+                log.warning("token renewal failed: %s", exc)
+                await asyncio.sleep(delay(attempt))
+                attempt += 1

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import random
-import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -23,13 +21,14 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed
 
 from rtkit import _rerun
-from rtkit.aio.auth import AuthCallback, TokenSource
+from rtkit.aio.auth import AuthCallback, TokenSource, renew_forever
 from rtkit.aio.channel import Channel
+from rtkit.aio.events import Observable
 from rtkit.aio.link import Link, error_from_close
+from rtkit.aio.publishing import Publisher
 from rtkit.aio.subscription import PublishResult
 from rtkit.core import client as cc
 from rtkit.core import frames as fr
-from rtkit.core.outbox import Outbox
 from rtkit.core.recovery import RecoveryKey
 from rtkit.core.states import ConnectionState, StateChange, Trigger
 from rtkit.core.timing import Backoff, RandomSource
@@ -66,7 +65,7 @@ class ResumeInfo:
     replayed: int  # messages delivered by the broker's replay
 
 
-class Client:
+class Client(Observable):
     """A connection to an rtkit broker that reconnects and resumes by itself.
 
     Give one of ``key`` (trusted code only), ``token`` or ``auth_callback`` (called, sync or
@@ -99,6 +98,7 @@ class Client:
         random_source: RandomSource | None = None,
         max_frame_size: int = 16 * 1024 * 1024,
     ) -> None:
+        super().__init__()
         if key is None and token is None and auth_callback is None:
             raise ValueError("give key=, token= or auth_callback=")
         if key is not None and (token is not None or auth_callback is not None):
@@ -116,20 +116,14 @@ class Client:
         self._grace = heartbeat_grace
         self._max_frame_size = max_frame_size
         self._core = cc.ClientCore(time.time())
-        self._outbox = Outbox(max_queued_publishes)
+        self._publisher = Publisher(self, max_queued_publishes)
         self._link: Link | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._retry_now = asyncio.Event()
-        self._send_lock = asyncio.Lock()
         self._futures: dict[fr.Ref, asyncio.Future[fr.Frame]] = {}
         self._channels: dict[str, Channel] = {}
-        self._listeners: list[StateListener] = []
-        self._error_listeners: list[ErrorListener] = []
-        self._watchers: set[asyncio.Queue[StateChange]] = set()
         self._resume_key: str | None = None
-        self._instance = secrets.token_hex(4)
-        self._ids = itertools.count(1)
         self._replayed = 0
         #: Round-trip time of the last heartbeat, in seconds.
         self.last_rtt: float | None = None
@@ -142,15 +136,6 @@ class Client:
         _rerun.replace_previous("client", self, Client._close_soon)
 
     # ---------------------------------------------------------------- properties
-
-    @property
-    def state(self) -> ConnectionState:
-        return self._core.state
-
-    @property
-    def state_history(self) -> list[StateChange]:
-        """Every state change so far (bounded), oldest first."""
-        return list(self._core.machine.history)
 
     @property
     def connection_id(self) -> str | None:
@@ -198,7 +183,7 @@ class Client:
     @property
     def queued_publishes(self) -> int:
         """Publishes waiting for their ack (sent or not yet sent)."""
-        return len(self._outbox)
+        return len(self._publisher.outbox)
 
     @property
     def recovery_key(self) -> str | None:
@@ -218,57 +203,6 @@ class Client:
             ch._tracker.serial, ch._tracker.epoch = serial, epoch
             ch._want_attached = True
 
-    # ---------------------------------------------------------------- observing
-
-    def on_state_change(self, callback: StateListener) -> Callable[[], None]:
-        """Call ``callback(change)`` on every state change; returns a function to stop."""
-        self._listeners.append(callback)
-        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
-
-    def on_error(self, callback: ErrorListener) -> Callable[[], None]:
-        """Call ``callback(error)`` for errors that no call raises (renewal, broker, link)."""
-        self._error_listeners.append(callback)
-        return lambda: self._error_listeners.remove(callback) \
-            if callback in self._error_listeners else None
-
-    async def state_changes(self) -> AsyncIterator[StateChange]:
-        """Iterate over state changes as they happen: ``async for change in ...``."""
-        queue: asyncio.Queue[StateChange] = asyncio.Queue()
-        self._watchers.add(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._watchers.discard(queue)
-
-    async def wait_for_state(self, *states: ConnectionState, timeout: float = 10.0) -> None:
-        """Wait until the state is one of ``states`` (raises TimeoutError after ``timeout``)."""
-        if self.state in states:
-            return
-        async with asyncio.timeout(timeout):
-            async for change in self.state_changes():
-                if change.current in states:
-                    return
-
-    def _transition(self, trigger: Trigger, reason: str, err: RtkitError | None = None) -> None:
-        change = self._core.transition(trigger, reason, time.time(), err)
-        log.info("%s -> %s (%s)", change.previous, change.current, reason)
-        for listener in list(self._listeners):
-            try:
-                listener(change)
-            except Exception:
-                log.exception("state listener failed")
-        for queue in self._watchers:
-            queue.put_nowait(change)
-
-    def _report_error(self, err: RtkitError) -> None:
-        self.last_error = err
-        for listener in list(self._error_listeners):
-            try:
-                listener(err)
-            except Exception:
-                log.exception("error listener failed")
-
     # ---------------------------------------------------------------- lifecycle
 
     async def connect(self, timeout: float | None = None) -> None:
@@ -284,7 +218,9 @@ class Client:
             self._transition(Trigger.CONNECT, "connect() called")
             self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
             if self._auth is not None and self._auth.renewable and self._renewer is None:
-                self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
+                self._renewer = asyncio.get_running_loop().create_task(renew_forever(
+                    self._auth, self._present_token,
+                    lambda attempt: self.backoff.delay(attempt, self._rng), self._report_error))
         else:
             self._retry_now.set()
         try:
@@ -335,7 +271,7 @@ class Client:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         await self._drop_link()
-        self._fail_queued(RtConnectionClosed("the client was closed before the ack"))
+        self._publisher.fail_all(RtConnectionClosed("the client was closed before the ack"))
         for channel in self._channels.values():
             channel._close_all()
         if self._core.state is S.CLOSING:
@@ -392,7 +328,7 @@ class Client:
 
     def _fail(self, err: RtkitError) -> None:
         self._transition(Trigger.FATAL, err.message, err)
-        self._fail_queued(ConnectionFailed(f"connection failed: {err.message}"))
+        self._publisher.fail_all(ConnectionFailed(f"connection failed: {err.message}"))
 
     async def _wait_before_retry(self, attempt: int, lost_at: float) -> None:
         if self.state is S.SUSPENDED:
@@ -406,7 +342,7 @@ class Client:
             if self.state is S.DISCONNECTED and now >= ttl_at:
                 self._transition(Trigger.TTL_EXPIRED,
                                  f"disconnected for more than {self.connection_state_ttl:g} s")
-                self._fail_queued(ConnectionSuspended(
+                self._publisher.fail_all(ConnectionSuspended(
                     "the connection is suspended: queued publishes cannot be kept"))
             wait = deadline - now
             if self.state is S.DISCONNECTED:
@@ -450,7 +386,7 @@ class Client:
         if self._auth is not None and self._auth.token != credentials["token"]:
             # Renewed while we were connecting with the previous token: present the new one.
             await self._request(fr.Auth, token=self._auth.token, internal=True)
-        await self._flush_outbox()
+        await self._publisher.flush()
         self.last_resume = ResumeInfo(started, connected, time.perf_counter(), reply.resumed,
                                       len(channels), self._replayed - replayed_before)
 
@@ -462,7 +398,7 @@ class Client:
 
     async def _drop_link(self) -> None:
         link, self._link = self._link, None
-        self._outbox.transport_lost()
+        self._publisher.outbox.transport_lost()
         if link is not None:
             await link.close()
 
@@ -529,74 +465,15 @@ class Client:
         self.last_rtt = time.perf_counter() - start
         return self.last_rtt
 
-    # ---------------------------------------------------------------- publishing
-
     async def _publish(self, channel: str, name: str, data: Any, msg_id: str | None,
                        timeout: float | None) -> PublishResult:
-        if self.state in (S.INITIALIZED, S.SUSPENDED, S.FAILED, S.CLOSED, S.CLOSING):
-            raise self._unusable("publish")
-        entry = self._outbox.add(channel, name, data, msg_id or self._new_id())
-        entry.waiter = asyncio.get_running_loop().create_future()
-        if self.state is S.CONNECTED:
-            await self._flush_outbox()
-        try:
-            if timeout is None:
-                return await asyncio.shield(entry.waiter)
-            return await asyncio.wait_for(asyncio.shield(entry.waiter), timeout)
-        except TimeoutError:
-            self._outbox.remove(entry)
-            raise RequestTimeout(f"no ack for {entry.id!r} in {timeout:g} s (it may still "
-                                 f"have been published)") from None
+        return await self._publisher.publish(channel, name, data, msg_id, timeout)
 
-    def _new_id(self) -> str:
-        return f"{self._instance}:{next(self._ids)}"
-
-    async def _flush_outbox(self) -> None:
-        """Send every unsent publish, in the order they were made."""
-        async with self._send_lock:
-            link = self._link
-            if link is None or link.ws is None or self.state is not S.CONNECTED:
-                return
-            for entry in self._outbox.take_unsent():
-                ref, text = self._core.request(fr.Publish, channel=entry.channel,
-                                               name=entry.name, data=entry.data, id=entry.id)
-                self._outbox.mark_sent(entry, ref)
-                try:
-                    await link.ws.send(text)
-                except ConnectionClosed:
-                    return  # the supervisor will resend after reconnecting
-
-    def _fail_queued(self, err: RtkitError) -> None:
-        for entry in self._outbox.take_all():
-            if entry.waiter is not None and not entry.waiter.done():
-                entry.waiter.set_exception(err)
-
-    # ---------------------------------------------------------------- token renewal
-
-    async def _renew_forever(self) -> None:
-        """Renew the token before it expires; in-band on a live connection."""
-        assert self._auth is not None
-        auth = self._auth
-        while True:
-            at = auth.renew_at()
-            if at is None:  # no token yet (or one without expiry): wait for the next one
-                await auth.wait_for_token()
-                continue
-            await asyncio.sleep(max(0.0, at - time.time()))
-            attempt = 0
-            while True:
-                try:
-                    token = await auth.renew()
-                    if self.state is S.CONNECTED:
-                        await self._request(fr.Auth, token=token, internal=True)
-                    break
-                except (Disconnected, RtConnectionClosed):
-                    break  # the reconnect presents the new token
-                except RtkitError as exc:
-                    self._report_error(exc)
-                    log.warning("token renewal failed: %s", exc)
-                    await asyncio.sleep(self.backoff.delay(attempt, self._rng))
-                    attempt += 1
+    async def _present_token(self, token: str) -> None:
+        """Give a renewed token to the live connection (in-band), if there is one."""
+        if self.state is not S.CONNECTED:
+            raise Disconnected("no live connection to present the token to")
+        await self._request(fr.Auth, token=token, internal=True)
 
     # ---------------------------------------------------------------- input
 
@@ -610,22 +487,13 @@ class Client:
                 ch = self._channels.get(event.frame.channel)
                 if ch is not None:
                     ch._on_attached(event.frame)
-            if isinstance(event.frame, fr.Ack) and self._outbox.is_publish(event.ref):
-                entry = self._outbox.resolve(event.ref)
-                f = event.frame
-                if entry is not None and entry.waiter is not None and not entry.waiter.done():
-                    entry.waiter.set_result(PublishResult(f.id, f.serial, f.timestamp,
-                                                          f.duplicate))
+            if isinstance(event.frame, fr.Ack) and self._publisher.acked(event.ref, event.frame):
                 return
             fut = self._futures.get(event.ref)
             if fut is not None and not fut.done():
                 fut.set_result(event.frame)
         elif isinstance(event, cc.Refused):
-            entry = self._outbox.resolve(event.ref) if self._outbox.is_publish(event.ref) \
-                else None
-            if entry is not None:
-                if entry.waiter is not None and not entry.waiter.done():
-                    entry.waiter.set_exception(event.error)
+            if self._publisher.refused(event.ref, event.error):
                 return
             fut = self._futures.get(event.ref)
             if fut is not None and not fut.done():
