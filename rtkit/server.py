@@ -79,6 +79,12 @@ class Server:
         """Refuse the key and tokens it signed from now on (new connections and renewals)."""
         self._loop.call_soon_threadsafe(self._broker.keys.revoke, key_id)
 
+    def expire_tokens(self, client_id: str | None = None) -> int:
+        """Expire, now, the tokens of the connections of ``client_id`` (all if None), as if
+        their time had run out (for teaching renewal). Returns how many."""
+        return int(self._call(_value(lambda: self._broker.core.expire_tokens(
+            client_id, time.time()))))
+
     async def _add_key(self, key: ApiKey) -> None:
         self._broker.keys.add(key)
 

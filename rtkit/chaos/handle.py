@@ -17,6 +17,7 @@ import pandas as pd
 
 from rtkit import _rerun
 from rtkit.chaos.proxy import ProxyServer
+from rtkit.data import utc_ns
 
 T = TypeVar("T")
 
@@ -121,7 +122,7 @@ class FaultProxy:
         frame = pd.DataFrame(rows, columns=["id", "opened", "closed", "bytes_up", "bytes_down",
                                             "chunks", "outcome"])
         for col in ("opened", "closed"):
-            frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
+            frame[col] = utc_ns(frame[col].astype("float64"), "s")
         return frame.set_index("id")
 
     # ---------------------------------------------------------------- lifecycle

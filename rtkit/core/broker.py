@@ -292,6 +292,15 @@ class BrokerCore(ChannelOperations):
                 if len(self._tombstones) > self.config.max_channels:
                     self._tombstones.popitem(last=False)
 
+    def expire_tokens(self, client_id: str | None, now: float) -> int:
+        """Make the tokens of ``client_id``'s sessions (all, if None) expire now: the next
+        tick ends those sessions with 40140, as a real expiry would. Returns how many."""
+        hit = [s for s in self.sessions.values() if s.token_expires is not None
+               and (client_id is None or s.client_id == client_id)]
+        for s in hit:
+            s.token_expires = now
+        return len(hit)
+
     def overflowed(self, s: Session) -> None:
         """The driver found ``s``'s outbound buffer over the limit: disconnect it."""
         self.stats["slow_consumers"] += 1

@@ -1,0 +1,106 @@
+"""ConnectionPanel: a client's state as a badge, its timeline, heartbeat RTT and controls."""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ipywidgets as w
+
+from rtkit.aio.client import Client
+from rtkit.core.states import StateChange
+from rtkit.widgets.base import LiveWidget, badge, error_html, ok_html
+
+
+@dataclass(frozen=True)
+class TimelineRow:
+    at: float
+    state: str
+    previous: str
+    reason: str
+    lasted: float  # how long the state before this one lasted (s)
+    code: int | None
+
+
+def timeline(history: list[StateChange], limit: int = 12) -> list[TimelineRow]:
+    """The latest ``limit`` transitions, newest first, with the time spent in each state."""
+    rows = []
+    for i, change in enumerate(history):
+        lasted = change.at - history[i - 1].at if i else 0.0
+        rows.append(TimelineRow(change.at, change.current.value, change.previous.value,
+                                change.reason, lasted, change.error.code if change.error
+                                else None))
+    return rows[::-1][:limit]
+
+
+class ConnectionPanel(LiveWidget):
+    """Shows ``client``'s state (coloured badge), its transitions with reasons and how long
+    each state lasted, the heartbeat round-trip, and Connect / Close / Reconnect buttons."""
+
+    def __init__(self, client: Client, rows: int = 12, rate: float = 10.0) -> None:
+        self.client = client
+        self.rows = rows
+        self.badge = w.HTML()
+        self.info = w.HTML()
+        self.table = w.HTML()
+        self.status = w.HTML()
+        self.connect_button = w.Button(description="Connect", icon="plug")
+        self.close_button = w.Button(description="Close", icon="times")
+        self.reconnect_button = w.Button(description="Reconnect", icon="refresh")
+        self.connect_button.on_click(lambda _: self.act("connect"))
+        self.close_button.on_click(lambda _: self.act("close"))
+        self.reconnect_button.on_click(lambda _: self.act("reconnect"))
+        buttons = w.HBox([self.connect_button, self.close_button, self.reconnect_button])
+        super().__init__([w.HBox([self.badge, self.info]), buttons, self.status, self.table],
+                         rate=rate)
+        self.add_class("rtkit-connection-panel")
+        self.on_cleanup(client.on_state_change(lambda _: self.changed()))
+        self.follow(client)
+        self._last_second = 0
+        self.refresh()
+
+    def act(self, action: str) -> Any:
+        """What the buttons do (also callable from code and tests)."""
+        self.status.value = f"{action}..."
+        if not self.running:  # stopped when the client closed: follow it again
+            self.restart()
+            self.follow(self.client)
+        coro = getattr(self.client, action)()
+        return self.run(coro, done=lambda _: self._done(action), failed=self._failed)
+
+    def _done(self, action: str) -> None:
+        self.status.value = ok_html(f"{action}: done")
+        self.changed()
+
+    def _failed(self, exc: BaseException) -> None:
+        self.status.value = error_html(exc)
+        self.changed()
+
+    def tick(self) -> None:
+        second = int(time.time())
+        if second != self._last_second:  # durations and RTT move on their own
+            self._last_second = second
+            self.changed()
+
+    def render(self) -> None:
+        c = self.client
+        state = c.state.value
+        self.badge.value = badge(state)
+        rtt = f"{c.last_rtt * 1000:.1f} ms" if c.last_rtt is not None else "–"
+        since = time.time() - c.state_history[-1].at if c.state_history else 0.0
+        self.info.value = (
+            f'<span style="margin-left:1em">for {since:.1f} s · connection '
+            f"<code>{html.escape(c.connection_id or '–')}</code> · client "
+            f"<code>{html.escape(c.client_id or '–')}</code> · heartbeat RTT {rtt}"
+            f" · queued publishes {c.queued_publishes}</span>")
+        body = "".join(
+            f"<tr><td>{time.strftime('%H:%M:%S', time.localtime(r.at))}"
+            f".{int(r.at * 1000) % 1000:03d}</td><td>{r.previous} → {badge(r.state)}</td>"
+            f"<td>{r.lasted:.2f} s</td><td>{r.code or ''}</td>"
+            f"<td>{html.escape(r.reason)}</td></tr>"
+            for r in timeline(c.state_history, self.rows))
+        self.table.value = (
+            '<table class="rtkit-timeline"><tr><th>time</th><th>transition</th>'
+            "<th>previous lasted</th><th>code</th><th>reason</th></tr>" + body + "</table>")
