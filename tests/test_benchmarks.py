@@ -33,3 +33,15 @@ def test_reconnect_smoke_run_prints_both_measures() -> None:
     assert len(rows) == 2
     assert float(rows[0][1]) > 0 and rows[1][-1].replace(",", "").isdigit()
     assert "target: resume p99 < 50 ms" in result.stdout
+
+
+def test_widgets_smoke_run_bounds_redraws() -> None:
+    result = subprocess.run([sys.executable, str(BENCH / "widgets.py"), "--quick"],
+                            capture_output=True, text=True, timeout=scaled(120))
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()
+            if line.split() and line.split()[0] in ("100", "1000")]
+    assert len(rows) == 2
+    for row in rows:
+        assert float(row[3]) <= 25 and float(row[4]) <= 25  # bounded by the 20/s rate
+        assert row[-1] == "yes"
