@@ -62,7 +62,7 @@ class FaultPanel(LiveWidget):
         else:
             extra = f": {result} connection(s)" if isinstance(result, int) else ""
             self.status.value = ok_html(f"{what}{extra}")
-        self.changed()
+        self.refresh()  # show the effect of a click at once
 
     def _latency(self) -> None:
         self._do("latency", lambda: self.proxy.set_latency(self.latency.value, self.jitter.value))
