@@ -5,8 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.browser.lab import OUTPUT, browser_page, jupyterlab, require_browser, \
-    run_all, save_notebook_copy
+from tests.browser.lab import (
+    OUTPUT,
+    browser_page,
+    jupyterlab,
+    require_browser,
+    run_all,
+    save_notebook_copy,
+)
 
 CELLS = [
     "import asyncio, rtkit\n"
