@@ -4,6 +4,8 @@ Start a broker with :func:`serve`, connect with :class:`Client`, publish and sub
 channels. See ``docs/protocol.md`` for the wire protocol and ``notebooks/`` for tutorials.
 """
 
+import logging
+
 from rtkit import chaos
 from rtkit.aio.broker import Broker
 from rtkit.aio.channel import Channel
@@ -37,6 +39,10 @@ from rtkit.server import Server, serve
 from rtkit.sync import run
 
 __version__ = "0.1.0"
+
+# A library does not print: warnings show only where the application configures logging.
+# (Continuity losses, errors and state changes are reported through rtkit's own events.)
+logging.getLogger("rtkit").addHandler(logging.NullHandler())
 
 __all__ = [
     "AuthError",

@@ -104,15 +104,26 @@ def browser_page() -> Iterator[Any]:
             browser.close()
 
 
-def run_all(page: Any, url: str, name: str) -> None:
-    """Open a notebook fresh and run all its cells through the Run menu."""
+def run_all(page: Any, url: str, name: str, but_last: bool = False) -> None:
+    """Open a notebook fresh and run its cells through the Run menu: all of them, or all but
+    the last (a clean-up cell that would close the widgets we want to look at)."""
     page.goto(f"{url}/lab/tree/{name}?reset", wait_until="domcontentloaded")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], "
-                           ".jp-Toolbar-kernelStatus", timeout=60_000)
-    page.locator(".jp-Cell .jp-InputArea-editor").first.click()
+    # the kernel must be up before we run anything ("Python 3 (ipykernel) | Idle")
+    page.wait_for_function("document.querySelector('.jp-StatusBar-Widget')?.innerText"
+                           ".includes('| Idle')", timeout=90_000)
+    cells = page.locator(".jp-CodeCell .jp-InputArea-editor")
+    (cells.last if but_last else cells.first).click()
+    page.keyboard.press("Escape")  # command mode: the Run menu acts on the selected cell
     page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    label = "Run All Above Selected Cell" if but_last else "Run All Cells"
+    page.get_by_role("menuitem", name=label, exact=True).click()
+
+
+def run_last_cell(page: Any) -> None:
+    """Run the notebook's last code cell (click into it, Shift+Enter)."""
+    page.locator(".jp-CodeCell .jp-InputArea-editor").last.click()
+    page.keyboard.press("Shift+Enter")
 
 
 def save_notebook_copy(root: Path, name: str, cells: list[str]) -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from tests.browser.lab import (
     OUTPUT,
     browser_page,
+    copy_notebook,
     jupyterlab,
     require_browser,
     run_all,
+    run_last_cell,
     save_notebook_copy,
 )
 
@@ -71,3 +74,46 @@ def test_widgets_live_in_jupyterlab(tmp_path: Path) -> None:
         assert "disconnected" in timeline and "resumed" in timeline
         third = line.get_attribute("d")
         assert third != second, "the plot stopped after the recovery"
+
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent.parent / "notebooks"
+
+
+def test_tutorials_run_through_the_jupyterlab_ui(tmp_path: Path) -> None:
+    """The quickstart and the reconnection notebook, run with Run All Cells in JupyterLab."""
+    require_browser()
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    checks = {
+        "01-quickstart.ipynb": ["acked with serial 1", "50 points plotted"],
+        "05-reconnection-and-continuity.ipynb": ["'lost': 0", "'duplicates_seen': 0",
+                                                 "the missed messages are no longer"],
+    }
+    for name in checks:
+        copy_notebook(NOTEBOOKS / name, tmp_path)
+        # start from clean outputs, so what we find was produced in this browser run
+        nb = tmp_path / name
+        data = json.loads(nb.read_text())
+        for cell in data["cells"]:
+            if cell["cell_type"] == "code":
+                cell["outputs"], cell["execution_count"] = [], None
+        nb.write_text(json.dumps(data))
+    with jupyterlab(tmp_path) as url, browser_page() as page:
+        for name, expected in checks.items():
+            run_all(page, url, name, but_last=True)
+            for text in expected:  # cells scrolled out of view are not "visible": attached
+                page.get_by_text(text, exact=False).first.wait_for(state="attached",
+                                                                   timeout=90_000)
+            if name.startswith("01"):
+                page.locator(".rtkit-live-plot path.line").first.wait_for(timeout=30_000)
+                page.locator(".rtkit-live-plot").first.scroll_into_view_if_needed()
+                assert "connected" in page.locator(".rtkit-badge").first.inner_text()
+            else:
+                page.locator(".rtkit-delivery-report").first.wait_for(timeout=30_000)
+                page.locator(".rtkit-delivery-report").first.scroll_into_view_if_needed()
+            page.screenshot(path=str(OUTPUT / f"{name.removesuffix('.ipynb')}.png"))
+            run_last_cell(page)  # the clean-up cell
+            if name.startswith("01"):
+                page.get_by_text("closed False").first.wait_for(state="attached",
+                                                                timeout=30_000)
+            page.get_by_role("menuitem", name="Kernel", exact=True).click()
+            page.get_by_role("menuitem", name="Shut Down Kernel", exact=True).click()
