@@ -24,7 +24,7 @@ lab: $(STAMP)
 		--ServerApp.port=$(PORT) --ServerApp.port_retries=0 --LabApp.news_url=None
 
 lint: $(STAMP)
-	$(BIN)/ruff check rtkit tests benchmarks
+	$(BIN)/ruff check rtkit tests benchmarks scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

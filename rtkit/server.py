@@ -6,33 +6,27 @@ kernel's loop; the broker lives in its own thread so it keeps serving other clie
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import threading
 import time
-from collections.abc import Coroutine
 from dataclasses import fields
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 from rtkit import _rerun
+from rtkit._thread import LoopThread
 from rtkit.aio.broker import Broker
 from rtkit.core.broker import BrokerConfig
 from rtkit.core.tokens import ApiKey, Capability, CapabilityMap, issue_token
 
-T = TypeVar("T")
 _OPTION_NAMES = frozenset(f.name for f in fields(BrokerConfig))
 
 
 class Server:
     """A running broker. Use :func:`serve` to make one."""
 
-    def __init__(self, broker: Broker, loop: asyncio.AbstractEventLoop, thread: threading.Thread,
-                 stopped: asyncio.Event) -> None:
+    def __init__(self, broker: Broker, runner: LoopThread) -> None:
         self._broker = broker
-        self._loop = loop
-        self._thread = thread
-        self._stopped = stopped
+        self._runner = runner
+        self._loop = runner.loop
 
     @property
     def url(self) -> str:
@@ -54,7 +48,7 @@ class Server:
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return self._runner.alive
 
     def issue_token(
         self,
@@ -72,35 +66,25 @@ class Server:
     def create_key(self, capabilities: CapabilityMap, key_id: str | None = None) -> str:
         """A new API key limited to ``capabilities`` (its tokens are limited to them too)."""
         key = ApiKey.generate(key_id, Capability.of(capabilities))
-        self._call(self._add_key(key))
+        self._runner.call(lambda: self._broker.keys.add(key))
         return key.value
 
     def revoke_key(self, key_id: str) -> None:
         """Refuse the key and tokens it signed from now on (new connections and renewals)."""
-        self._loop.call_soon_threadsafe(self._broker.keys.revoke, key_id)
+        self._runner.call(lambda: self._broker.keys.revoke(key_id))
 
     def expire_tokens(self, client_id: str | None = None) -> int:
         """Expire, now, the tokens of the connections of ``client_id`` (all if None), as if
         their time had run out (for teaching renewal). Returns how many."""
-        return int(self._call(_value(lambda: self._broker.core.expire_tokens(
-            client_id, time.time()))))
-
-    async def _add_key(self, key: ApiKey) -> None:
-        self._broker.keys.add(key)
+        return self._runner.call(lambda: self._broker.core.expire_tokens(client_id, time.time()))
 
     def stats(self) -> dict[str, Any]:
         """Live counters from the broker thread."""
-        return self._call(_value(self._broker.stats))
-
-    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        return self._runner.call(self._broker.stats)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Close every client connection and stop the broker thread. Safe to call twice."""
-        if not self._thread.is_alive():
-            return
-        self._loop.call_soon_threadsafe(self._stopped.set)
-        self._thread.join(timeout)
+        self._runner.stop(timeout)
 
     def __enter__(self) -> Server:
         return self
@@ -134,29 +118,7 @@ def serve(
     config = BrokerConfig(**options)
     key = ApiKey.parse(root_key) if root_key else None
     broker = Broker(config, key)
-    loop = asyncio.new_event_loop()
-    started: concurrent.futures.Future[asyncio.Event] = concurrent.futures.Future()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        stopped = asyncio.Event()
-        try:
-            loop.run_until_complete(broker.start(host, port))
-        except BaseException as exc:  # report bind errors to the caller
-            started.set_exception(exc)
-            loop.close()
-            return
-        started.set_result(stopped)
-        try:
-            loop.run_until_complete(stopped.wait())
-            loop.run_until_complete(broker.stop())
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    thread = threading.Thread(target=run, name=f"rtkit-broker-{port}", daemon=True)
-    thread.start()
-    stopped = started.result(timeout=30)
-    server = Server(broker, loop, thread, stopped)
+    runner = LoopThread(f"rtkit-broker-{port}", lambda: broker.start(host, port), broker.stop)
+    server = Server(broker, runner)
     _rerun.replace_previous("server", server, Server.stop)
     return server

@@ -3,9 +3,6 @@ from a notebook cell, a widget or a test."""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -16,6 +13,7 @@ from urllib.parse import urlparse
 import pandas as pd
 
 from rtkit import _rerun
+from rtkit._thread import LoopThread
 from rtkit.chaos.proxy import ProxyServer
 from rtkit.data import utc_ns
 
@@ -25,12 +23,9 @@ T = TypeVar("T")
 class FaultProxy:
     """A running proxy. Point clients at :attr:`url` instead of the broker's URL."""
 
-    def __init__(self, server: ProxyServer, loop: asyncio.AbstractEventLoop,
-                 thread: threading.Thread, stopped: asyncio.Event) -> None:
+    def __init__(self, server: ProxyServer, runner: LoopThread) -> None:
         self._server = server
-        self._loop = loop
-        self._thread = thread
-        self._stopped = stopped
+        self._runner = runner
 
     @property
     def url(self) -> str:
@@ -42,22 +37,11 @@ class FaultProxy:
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return self._runner.alive
 
     def _call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the proxy's loop and return its result."""
-        if not self._thread.is_alive():
-            raise RuntimeError("the proxy is stopped")
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:
-                fut.set_exception(exc)
-
-        self._loop.call_soon_threadsafe(run)
-        return fut.result(10)
+        return self._runner.call(fn)
 
     # ---------------------------------------------------------------- faults
 
@@ -129,9 +113,7 @@ class FaultProxy:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Close every connection and stop the proxy. Safe to call twice."""
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stopped.set)
-            self._thread.join(timeout)
+        self._runner.stop(timeout)
 
     def __enter__(self) -> FaultProxy:
         return self
@@ -158,27 +140,7 @@ def proxy(target: Any, host: str = "127.0.0.1", port: int = 0,
             raise ValueError(f"cannot proxy {target!r}: give a ws://host:port URL")
         target_host, target_port = url.hostname, url.port
     server = ProxyServer(target_host, int(target_port), seed)
-    loop = asyncio.new_event_loop()
-    started: concurrent.futures.Future[asyncio.Event] = concurrent.futures.Future()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        stopped = asyncio.Event()
-        try:
-            loop.run_until_complete(server.start(host, port))
-        except BaseException as exc:
-            started.set_exception(exc)
-            loop.close()
-            return
-        started.set_result(stopped)
-        try:
-            loop.run_until_complete(stopped.wait())
-            loop.run_until_complete(server.stop())
-        finally:
-            loop.close()
-
-    thread = threading.Thread(target=run, name="rtkit-fault-proxy", daemon=True)
-    thread.start()
-    handle = FaultProxy(server, loop, thread, started.result(30))
+    handle = FaultProxy(server, LoopThread("rtkit-fault-proxy",
+                                           lambda: server.start(host, port), server.stop))
     _rerun.replace_previous("proxy", handle, FaultProxy.stop)
     return handle

@@ -207,7 +207,7 @@ class BrokerCore(ChannelOperations):
             client_id=client_id,
             heartbeat_interval=round(self.config.heartbeat_interval * 1000),
             connection_state_ttl=round(self.config.connection_state_ttl * 1000),
-            server_time=round(now * 1000),
+            server_time=int(now * 1000),
             token_expires=None if expires is None else round(expires * 1000),
             limits=self.config.limits(),
             resumed=resumed,
@@ -283,7 +283,7 @@ class BrokerCore(ChannelOperations):
             elif s.next_heartbeat <= now:
                 s.next_heartbeat = now + interval
                 self._out.append(Send((s,), '{"action":"heartbeat"}'))
-        now_ms = round(now * 1000)
+        now_ms = int(now * 1000)
         for name, ch in list(self.channels.items()):
             ch.prune(now_ms)
             if ch.is_idle() and not ch.pending:

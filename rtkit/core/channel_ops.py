@@ -70,7 +70,7 @@ class ChannelOperations:
         self._seal(ch)
         ch.add_subscriber(s)
         s.channels.add(ch.name)
-        now_ms = round(now * 1000)
+        now_ms = int(now * 1000)
         replay: list[Stored] = []
         lost, lost_from = False, None
         if f.from_serial is not None:
@@ -140,7 +140,7 @@ class ChannelOperations:
         msg_id = f.id if f.id is not None else f"{s.connection_id}:{s.published}"
         if ch.pending_bytes + size + 256 > self._max_batch:
             self._seal(ch)
-        stored = ch.append(msg_id, f.name, data_json, round(now * 1000), s.client_id)
+        stored = ch.append(msg_id, f.name, data_json, int(now * 1000), s.client_id)
         self.stats["published"] += 1
         if ch.subscribers:
             self._dirty[ch] = None
@@ -158,7 +158,7 @@ class ChannelOperations:
             return
         ch = self.channels.get(f.channel)
         limit = min(f.limit or 100, max(1, self.config.history_size))
-        items = ch.query(limit, f.before, round(now * 1000), f.after) if ch else []
+        items = ch.query(limit, f.before, int(now * 1000), f.after) if ch else []
         body = ",".join(m.fragment for m in items)
         self._out.append(Send((s,), f'{{"action":"history_result","ref":{dumps(f.ref)},'
                                     f'"channel":{dumps(f.channel)},"messages":[{body}]}}'))
@@ -181,7 +181,7 @@ class ChannelOperations:
             return
         if f.op != "get":
             assert s.client_id is not None
-            member = fr.PresenceMember(s.client_id, s.connection_id, f.data, round(now * 1000))
+            member = fr.PresenceMember(s.client_id, s.connection_id, f.data, int(now * 1000))
             self._presence(ch, f.op, member)
         self._send(s, fr.PresenceResult(
             ref=f.ref, channel=ch.name, members=tuple(ch.members.values())))
