@@ -19,9 +19,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
+# --allow-root: workshop machines and containers often run as root; JupyterLab refuses
+# to start as root without it.
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 \
-		--ServerApp.port=$(PORT) --ServerApp.port_retries=0 --LabApp.news_url=None
+		--ServerApp.port=$(PORT) --ServerApp.port_retries=0 --LabApp.news_url=None \
+		--allow-root
 
 lint: $(STAMP)
 	$(BIN)/ruff check rtkit tests benchmarks scripts
