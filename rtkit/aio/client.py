@@ -14,7 +14,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -23,10 +22,10 @@ from websockets.exceptions import ConnectionClosed
 from rtkit import _rerun
 from rtkit.aio.auth import AuthCallback, TokenSource, renew_forever
 from rtkit.aio.channel import Channel
-from rtkit.aio.events import Observable
 from rtkit.aio.link import Link, error_from_close
 from rtkit.aio.publishing import Publisher
 from rtkit.aio.subscription import PublishResult
+from rtkit.aio.supervisor import ResumeInfo, Supervisor
 from rtkit.core import client as cc
 from rtkit.core import frames as fr
 from rtkit.core.recovery import RecoveryKey
@@ -39,10 +38,8 @@ from rtkit.errors import (
     ConnectionFailed,
     ConnectionSuspended,
     Disconnected,
-    InvalidCredentials,
     RequestTimeout,
     RtkitError,
-    TokenExpired,
 )
 
 log = logging.getLogger("rtkit.client")
@@ -53,19 +50,7 @@ ErrorListener = Callable[[RtkitError], Any]
 __all__ = ["Client", "ResumeInfo", "error_from_close"]
 
 
-@dataclass(frozen=True, slots=True)
-class ResumeInfo:
-    """How the latest (re)connection went. Times from ``time.perf_counter()``."""
-
-    started: float  # the attempt began (link up, before the WebSocket handshake)
-    connected: float  # 'connected' received
-    resumed_at: float  # every channel re-attached and queued publishes sent
-    resumed: bool  # the broker resumed the connection
-    channels: int
-    replayed: int  # messages delivered by the broker's replay
-
-
-class Client(Observable):
+class Client(Supervisor):
     """A connection to an rtkit broker that reconnects and resumes by itself.
 
     Give one of ``key`` (trusted code only), ``token`` or ``auth_callback`` (called, sync or
@@ -288,72 +273,6 @@ class Client(Observable):
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.close()
-
-    # ---------------------------------------------------------------- the supervisor
-
-    def _is_fatal(self, err: RtkitError) -> bool:
-        """Refused credentials are refused again: stop instead of retrying."""
-        if isinstance(err, InvalidCredentials):
-            return True
-        return isinstance(err, TokenExpired) and not (self._auth and self._auth.renewable)
-
-    async def _supervise(self) -> None:
-        attempt = 0
-        lost_at: float | None = None
-        while True:
-            try:
-                await self._open()
-            except RtkitError as exc:
-                await self._drop_link()
-                self._report_error(exc)
-                if self._is_fatal(exc):
-                    self._fail(exc)
-                    return
-                self._transition(Trigger.TRANSPORT_LOST, f"connect failed: {exc.message}", exc)
-            else:
-                attempt, lost_at = 0, None
-                assert self._link is not None
-                err = await self._link.lost
-                await self._drop_link()
-                self._report_error(err)
-                if self._is_fatal(err):
-                    self._fail(err)
-                    return
-                self._transition(Trigger.TRANSPORT_LOST, err.message, err)
-            if lost_at is None:
-                lost_at = time.time()
-            await self._wait_before_retry(attempt, lost_at)
-            attempt += 1
-            self._transition(Trigger.RETRY, f"retry #{attempt}")
-
-    def _fail(self, err: RtkitError) -> None:
-        self._transition(Trigger.FATAL, err.message, err)
-        self._publisher.fail_all(ConnectionFailed(f"connection failed: {err.message}"))
-
-    async def _wait_before_retry(self, attempt: int, lost_at: float) -> None:
-        if self.state is S.SUSPENDED:
-            delay = self.suspended_retry_interval * (0.5 + self._rng.random() / 2)
-        else:
-            delay = self.backoff.delay(attempt, self._rng)
-        deadline = time.time() + delay
-        ttl_at = lost_at + self.connection_state_ttl
-        while True:
-            now = time.time()
-            if self.state is S.DISCONNECTED and now >= ttl_at:
-                self._transition(Trigger.TTL_EXPIRED,
-                                 f"disconnected for more than {self.connection_state_ttl:g} s")
-                self._publisher.fail_all(ConnectionSuspended(
-                    "the connection is suspended: queued publishes cannot be kept"))
-            wait = deadline - now
-            if self.state is S.DISCONNECTED:
-                wait = min(wait, ttl_at - now)
-            if wait <= 0 and now >= deadline:
-                return
-            try:
-                await asyncio.wait_for(self._retry_now.wait(), max(wait, 0.0))
-                return
-            except TimeoutError:
-                continue
 
     async def _open(self) -> None:
         """One connection attempt: link, connect (resuming), re-attach, resend."""
