@@ -1,9 +1,7 @@
-"""The client's asyncio driver: connection supervisor, requests, publishing and renewal.
-
-One supervisor task owns the link: it connects, waits for the link to be lost, then retries
-with backoff and jitter (``disconnected``), and more slowly once ``connection_state_ttl`` has
-passed (``suspended``). Each reconnect resumes the connection and every attached channel from
-the last serial seen, then sends the publishes still waiting for an ack.
+"""The client's public face: connecting and closing, requests, channels, and what each
+(re)connection does: resume the connection and every attached channel from the last serial
+seen, then send the publishes still waiting for an ack. The retry policy lives in
+:mod:`rtkit.aio.supervisor`, one WebSocket in :mod:`rtkit.aio.link`.
 """
 
 from __future__ import annotations
