@@ -49,6 +49,11 @@ class Channel:
     # ---------------------------------------------------------------- state
 
     @property
+    def client(self) -> Client:
+        """The client this channel belongs to."""
+        return self._client
+
+    @property
     def serial(self) -> int:
         """The serial of the last message delivered on this channel (0 before any)."""
         return self._tracker.serial or 0

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -27,23 +26,22 @@ from rtkit.aio.supervisor import ResumeInfo, Supervisor
 from rtkit.core import client as cc
 from rtkit.core import frames as fr
 from rtkit.core.recovery import RecoveryKey
-from rtkit.core.states import ConnectionState, StateChange, Trigger
+from rtkit.core.states import ConnectionState, Trigger
 from rtkit.core.timing import Backoff, RandomSource
 from rtkit.errors import (
-    ConnectionClosed as RtConnectionClosed,
-)
-from rtkit.errors import (
+    AuthError,
     ConnectionFailed,
     ConnectionSuspended,
     Disconnected,
     RequestTimeout,
     RtkitError,
 )
+from rtkit.errors import (
+    ConnectionClosed as RtConnectionClosed,
+)
 
 log = logging.getLogger("rtkit.client")
 S = ConnectionState
-StateListener = Callable[[StateChange], Any]
-ErrorListener = Callable[[RtkitError], Any]
 
 __all__ = ["Client", "ResumeInfo", "error_from_close"]
 
@@ -385,6 +383,16 @@ class Client(Supervisor):
     async def _publish(self, channel: str, name: str, data: Any, msg_id: str | None,
                        timeout: float | None) -> PublishResult:
         return await self._publisher.publish(channel, name, data, msg_id, timeout)
+
+    async def renew_token(self) -> str:
+        """Get a new token from ``auth_callback`` now and, if connected, present it in-band
+        (the connection stays up). Returns the new token."""
+        if self._auth is None or not self._auth.renewable:
+            raise AuthError("this client has no auth_callback to renew with", code=40170)
+        token = await self._auth.renew()
+        if self.state is S.CONNECTED:
+            await self._present_token(token)
+        return token
 
     async def _present_token(self, token: str) -> None:
         """Give a renewed token to the live connection (in-band), if there is one."""

@@ -114,6 +114,10 @@ class Subscription:
     async def __anext__(self) -> Message:
         return await self.get()
 
+    def close(self) -> None:
+        """Stop delivering to this subscription now (sync; the channel stays attached)."""
+        self._close()
+
     def _close(self) -> None:
         self._closed = True
         self._ready.set()

@@ -62,7 +62,7 @@ class DeliveryAudit:
 
     async def watch(self, channel: Channel, label: str | None = None) -> Subscription:
         """Subscribe to ``channel`` and record every delivery (``label`` names the row)."""
-        w = _Watch(channel, label or f"{channel._client.client_id or 'sub'}#{len(self._watches)}",
+        w = _Watch(channel, label or f"{channel.client.client_id or 'sub'}#{len(self._watches)}",
                    channel.serial)
         self._watches.append(w)
         channel.on_continuity_lost(w.losses.append)

@@ -127,6 +127,8 @@ class LiveWidget(w.VBox):  # type: ignore[misc]
         """Run a coroutine for a button, reporting its result or error (never a traceback)."""
         if self._loop is None:
             log.warning("no running event loop: %s cannot run", type(self).__name__)
+            if asyncio.iscoroutine(coro):
+                coro.close()  # never started: close it so Python does not warn
             return None
 
         async def wrapper() -> Any:

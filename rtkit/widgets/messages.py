@@ -36,7 +36,7 @@ class MessageLog(LiveWidget):
         self._subs: list[Subscription] = []
         super().__init__([self.counter, self.table], rate=rate)
         self.add_class("rtkit-message-log")
-        self.follow(channels[0]._client)
+        self.follow(channels[0].client)
         self.refresh()
 
     async def start(self) -> MessageLog:
@@ -44,7 +44,7 @@ class MessageLog(LiveWidget):
         for ch in self.channels:
             self._subs.append(await ch.subscribe(self.recorder))
         for sub in self._subs:
-            self.on_cleanup(sub._close)
+            self.on_cleanup(sub.close)
         return self
 
     @property

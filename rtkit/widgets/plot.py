@@ -75,12 +75,12 @@ class LivePlot(LiveWidget):
         self._sub: Subscription | None = None
         super().__init__([self.figure], rate=rate)
         self.add_class("rtkit-live-plot")
-        self.follow(channel._client)
+        self.follow(channel.client)
 
     async def start(self) -> LivePlot:
         """Subscribe to the channel (``await LivePlot(ch, ["price"]).start()``)."""
         self._sub = await self.channel.subscribe(self.add, event=self.event)
-        self.on_cleanup(self._sub._close)
+        self.on_cleanup(self._sub.close)
         return self
 
     def add(self, msg: Message) -> None:

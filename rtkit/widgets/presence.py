@@ -19,7 +19,7 @@ class PresenceList(LiveWidget):
         self.table = w.HTML()
         super().__init__([self.table], rate=rate)
         self.add_class("rtkit-presence")
-        self.follow(channel._client)
+        self.follow(channel.client)
         self.on_cleanup(channel.presence.on_change(lambda _: self.changed()))
         self.refresh()
 

@@ -53,14 +53,9 @@ class TokenInspector(LiveWidget):
         if client is None or client.token_source is None:
             return None
 
-        async def renew() -> None:
-            assert client.token_source is not None
-            token = await client.token_source.renew()
-            if client.state.value == "connected":
-                await client._present_token(token)
-
         self.status.value = "renewing..."
-        return self.run(renew(), done=lambda _: self._ok("renewed"), failed=self._failed)
+        return self.run(client.renew_token(), done=lambda _: self._ok("renewed"),
+                        failed=self._failed)
 
     def expire(self) -> None:
         if self.client is None or self.server is None:

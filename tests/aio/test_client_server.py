@@ -279,3 +279,20 @@ def test_serve_options_and_tokens() -> None:
         assert srv.config.history_size == 5
         assert srv.stats()["connections"] == 0
     assert not srv.running
+
+
+async def test_renew_token_now_keeps_the_connection(server: rtkit.Server) -> None:
+    calls: list[int] = []
+
+    def cb() -> str:
+        calls.append(1)
+        return server.issue_token(client_id="r", ttl=60)
+
+    async with rtkit.Client(server.url, auth_callback=cb) as client:
+        first = client.token
+        assert await client.renew_token() != first
+        assert client.token != first and len(calls) == 2
+        assert [c.current for c in client.state_history] == [S.CONNECTING, S.CONNECTED]
+    async with rtkit.Client(server.url, key=server.root_key) as keyed:
+        with pytest.raises(rtkit.AuthError):
+            await keyed.renew_token()
