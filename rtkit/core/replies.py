@@ -131,13 +131,6 @@ class Messages(Frame):
     channel: str = ""
     messages: tuple[Message, ...] = ()
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "action": self.ACTION,
-            "channel": self.channel,
-            "messages": [m.to_wire() for m in self.messages],
-        }
-
     @classmethod
     def parse(cls, r: _Reader) -> Messages:
         channel = r.channel()
@@ -151,14 +144,6 @@ class HistoryResult(Frame):
     ref: Ref | None = None
     channel: str = ""
     messages: tuple[Message, ...] = ()
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "action": self.ACTION,
-            "ref": self.ref,
-            "channel": self.channel,
-            "messages": [m.to_wire() for m in self.messages],
-        }
 
     @classmethod
     def parse(cls, r: _Reader) -> HistoryResult:
@@ -174,14 +159,6 @@ class PresenceResult(Frame):
     ref: Ref | None = None
     channel: str = ""
     members: tuple[PresenceMember, ...] = ()
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "action": self.ACTION,
-            "ref": self.ref,
-            "channel": self.channel,
-            "members": [m.to_wire() for m in self.members],
-        }
 
     @classmethod
     def parse(cls, r: _Reader) -> PresenceResult:

@@ -211,6 +211,8 @@ class Frame:
                 continue
             if isinstance(value, RtkitError):
                 value = value.to_wire()
+            elif isinstance(value, tuple):  # messages, members: objects with to_wire()
+                value = [item.to_wire() for item in value]
             out[f.name] = value
         return out
 
