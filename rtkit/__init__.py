@@ -14,7 +14,7 @@ from rtkit.aio.subscription import Presence, PublishResult, Subscription
 from rtkit.core.broker import BrokerConfig
 from rtkit.core.continuity import ContinuityLoss
 from rtkit.core.frames import Message, PresenceChange, PresenceMember
-from rtkit.core.states import ConnectionState, StateChange, Trigger
+from rtkit.core.states import ChannelState, ConnectionState, StateChange, Trigger
 from rtkit.core.timing import Backoff
 from rtkit.core.tokens import TokenClaims, inspect_token
 from rtkit.errors import (
@@ -51,6 +51,7 @@ __all__ = [
     "BrokerConfig",
     "CapabilityError",
     "Channel",
+    "ChannelState",
     "Client",
     "ConnectionClosed",
     "ConnectionError_",

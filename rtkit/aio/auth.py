@@ -1,123 +1,77 @@
-"""Where a client's tokens come from: a fixed token, or an ``auth_callback`` that is asked
-again before the current token expires."""
+"""Tokens for a client: the ``auth_callback`` runner, and a read-only view of the current
+token for widgets. When to renew, and what to present, is decided by the client core
+(:mod:`rtkit.core.credentials`)."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
-from rtkit.core.tokens import TokenClaims, inspect_token, renewal_time
-from rtkit.errors import AuthError, ConnectionClosed, Disconnected, RtkitError, TokenExpired
+from rtkit.core.credentials import Credentials
+from rtkit.core.tokens import TokenClaims, renewal_time
+from rtkit.errors import AuthError, RtkitError
 
 log = logging.getLogger("rtkit.client")
 
 AuthCallback = Callable[[], str | Awaitable[str]]
 
-#: A token this close to expiry is treated as expired (it could expire in transit).
-EXPIRY_MARGIN = 0.25
-
 
 class TokenSource:
-    """The current token, and renewal through the callback (one call at a time)."""
+    """What a client knows about its token (read-only): the token, its claims, how many
+    times it was renewed, and when the next renewal is planned."""
 
-    def __init__(self, token: str | None, callback: AuthCallback | None) -> None:
+    def __init__(self, credentials: Credentials, callback: AuthCallback | None) -> None:
+        self._credentials = credentials
         self.callback = callback
-        self.token: str | None = None
-        self.claims: TokenClaims | None = None
-        self.renewals = 0
-        self._lock = asyncio.Lock()
-        self._changed = asyncio.Event()
-        if token is not None:
-            self._set(token)
 
-    def _set(self, token: str) -> None:
-        self.token = token
-        self._changed.set()
-        try:
-            self.claims = inspect_token(token)
-        except RtkitError:
-            self.claims = None  # opaque to us: the broker will judge it
+    @property
+    def token(self) -> str | None:
+        return self._credentials.token
+
+    @property
+    def claims(self) -> TokenClaims | None:
+        return self._credentials.claims
+
+    @property
+    def renewals(self) -> int:
+        """Tokens obtained from ``auth_callback`` so far (the first one included)."""
+        return self._credentials.renewals
 
     @property
     def renewable(self) -> bool:
         return self.callback is not None
 
-    def known_expired(self, now: float) -> bool:
-        return self.claims is not None and self.claims.expires_at - EXPIRY_MARGIN <= now
-
-    async def wait_for_token(self) -> None:
-        """Wait until a new token is set."""
-        self._changed.clear()
-        await self._changed.wait()
+    @property
+    def server_offset(self) -> float:
+        """The broker's clock minus ours, in seconds (from the last ``connected``)."""
+        return self._credentials.server_offset
 
     def renew_at(self) -> float | None:
-        """When to renew the current token (None: never, without a callback or expiry)."""
-        if self.callback is None or self.claims is None:
+        """When the token will next be renewed, in seconds since the epoch on *our*
+        clock (None: never, without a callback or an expiry)."""
+        claims = self.claims
+        if self.callback is None or claims is None:
             return None
-        return renewal_time(self.claims.issued_at, self.claims.expires_at)
-
-    async def fresh(self) -> str:
-        """A token that is not known to be expired, renewing it if needed."""
-        if self.token is None or self.known_expired(time.time()):
-            if self.callback is None:
-                if self.token is None:
-                    raise AuthError(code=40106)
-                raise TokenExpired("the token has expired and no auth_callback can renew it")
-            return await self.renew()
-        return self.token
-
-    async def renew(self) -> str:
-        """Ask the callback for a new token. Concurrent callers share one call."""
-        if self.callback is None:
-            raise AuthError("no auth_callback to renew the token with", code=40170)
-        previous = self.token
-        async with self._lock:
-            if self.token is not previous and self.token is not None:
-                return self.token  # renewed while we waited for the lock
-            try:
-                result = self.callback()
-                if inspect.isawaitable(result):
-                    result = await result
-            except Exception as exc:
-                raise AuthError(f"auth_callback failed: {exc!r}", code=40170) from exc
-            if not isinstance(result, str) or not result:
-                raise AuthError("auth_callback must return a token string", code=40170)
-            self._set(result)
-            self.renewals += 1
-            return result
+        return renewal_time(claims.issued_at, claims.expires_at) - self.server_offset
 
 
-async def renew_forever(
-    source: TokenSource,
-    present: Callable[[str], Awaitable[object]],
-    delay: Callable[[int], float],
-    report: Callable[[RtkitError], None],
-) -> None:
-    """Renew ``source``'s token before each expiry, for as long as the task runs.
-
-    ``present(token)`` hands a new token to a live connection (in-band ``auth``); it raises
-    :class:`~rtkit.Disconnected` or :class:`~rtkit.ConnectionClosed` when there is none, and
-    then the next connection attempt presents it. Failures are reported and retried after
-    ``delay(attempt)`` seconds (the client's backoff).
-    """
-    while True:
-        at = source.renew_at()
-        if at is None:  # no token yet (or one without expiry): wait for the next one
-            await source.wait_for_token()
-            continue
-        await asyncio.sleep(max(0.0, at - time.time()))
-        attempt = 0
-        while True:
-            try:
-                await present(await source.renew())
-                break
-            except (Disconnected, ConnectionClosed):
-                break  # the reconnect presents the new token
-            except RtkitError as exc:
-                report(exc)
-                log.warning("token renewal failed: %s", exc)
-                await asyncio.sleep(delay(attempt))
-                attempt += 1
+async def call_auth_callback(callback: AuthCallback, timeout: float) -> str:
+    """Run ``callback`` (sync or async) with a timeout; raise :class:`AuthError` (40170)
+    if it fails, hangs or returns something that is not a token."""
+    try:
+        async with asyncio.timeout(timeout):
+            result = callback()
+            if inspect.isawaitable(result):
+                result = await result
+    except TimeoutError:
+        raise AuthError(f"auth_callback did not answer within {timeout:g} s",
+                        code=40170) from None
+    except RtkitError as exc:
+        raise AuthError(f"auth_callback failed: {exc.message}", code=40170) from exc
+    except Exception as exc:  # the application's code: report what it raised
+        raise AuthError(f"auth_callback failed: {exc!r}", code=40170) from exc
+    if not isinstance(result, str) or not result:
+        raise AuthError("auth_callback must return a token string", code=40170)
+    return result

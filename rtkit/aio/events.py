@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from rtkit.core.client import ClientCore
-from rtkit.core.states import ConnectionState, StateChange, Trigger
+from rtkit.core.states import ConnectionState, StateChange
 from rtkit.errors import RtkitError
 
 log = logging.getLogger("rtkit.client")
@@ -67,9 +66,8 @@ class Observable:
                 if change.current in states:
                     return
 
-    def _transition(self, trigger: Trigger, reason: str, err: RtkitError | None = None) -> None:
-        change = self._core.transition(trigger, reason, time.time(), err)
-        log.info("%s -> %s (%s)", change.previous, change.current, reason)
+    def _notify(self, change: StateChange) -> None:
+        log.info("%s -> %s (%s)", change.previous, change.current, change.reason)
         for listener in list(self._listeners):
             try:
                 listener(change)

@@ -1,25 +1,26 @@
-"""One WebSocket link of a client: opening, reading, liveness, closing.
+"""One WebSocket link of a client: websockets' sans-I/O protocol under a plain asyncio
+:class:`asyncio.Protocol`.
 
-A :class:`Link` lives for one connection attempt. Its ``lost`` future resolves with the
-error that ended it (closed by the broker, silent for too long, aborted on purpose); the
-client's supervisor then decides whether and when to try again.
+The link only moves bytes: text frames received go to ``on_text``, the end of the link to
+``on_lost`` (once, with the error that ended it); :meth:`send` writes a text frame at once,
+with no coroutine per message. Every decision about what the frames mean, and when to give
+up on a silent link, is the client core's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
+import ssl as ssl_module
 from collections.abc import Callable
 
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidHandshake, InvalidURI
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
-from rtkit.core import client as cc
-from rtkit.core import frames as fr
-from rtkit.errors import ConnectionClosed as RtConnectionClosed
 from rtkit.errors import ConnectionFailed, Disconnected, RtkitError, error
 
 log = logging.getLogger("rtkit.client")
@@ -35,142 +36,202 @@ def error_from_close(code: int | None, reason: str) -> RtkitError:
     return Disconnected(f"connection closed (code {code}{', ' + reason if reason else ''})")
 
 
-class Link:
-    """A WebSocket to the broker, its reader task and its liveness watchdog."""
+class WebSocketLink(asyncio.Protocol):
+    """A WebSocket to the broker. :meth:`open` connects and completes the handshake."""
+
+    transport_name = "websocket"
 
     def __init__(
         self,
         url: str,
-        core: cc.ClientCore,
-        on_event: Callable[[cc.Event], None],
-        open_timeout: float,
-        max_size: int,
-        grace: float | None,
-        fail_pending: Callable[[RtkitError], None],
-        on_rtt: Callable[[float], None] | None = None,
+        on_text: Callable[[str], None],
+        on_lost: Callable[[RtkitError], None],
+        max_size: int | None,
+        ssl: ssl_module.SSLContext | None = None,
+        close_timeout: float = 1.0,
     ) -> None:
         self.url = url
-        self._core = core
-        self._on_event = on_event
-        self._open_timeout = open_timeout
+        self._on_text = on_text
+        self._on_lost = on_lost
         self._max_size = max_size
-        self._grace = grace
-        self._fail_pending = fail_pending
-        self._on_rtt = on_rtt
-        self.ws: ClientConnection | None = None
-        self.lost: asyncio.Future[RtkitError] = asyncio.get_running_loop().create_future()
-        self._close_error: RtkitError | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._watchdog: asyncio.Task[None] | None = None
-        self._pings: dict[fr.Ref, float] = {}
+        self._ssl = ssl
+        self._close_timeout = close_timeout
+        self._transport: asyncio.Transport | None = None
+        self._protocol: ClientProtocol | None = None
+        self._handshake: asyncio.Future[None] | None = None
+        self._fragments: list[bytes] = []
+        self._error: RtkitError | None = None
+        self._lost = False
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     @property
-    def connected(self) -> bool:
-        return self.ws is not None and not self.lost.done()
+    def open(self) -> bool:
+        return self._protocol is not None and self._protocol.state is State.OPEN \
+            and not self._lost
 
-    async def open(self) -> None:
+    async def connect(self) -> None:
+        """Open the TCP (or TLS) connection and complete the WebSocket handshake.
+
+        Raises :class:`~rtkit.ConnectionFailed` when either fails.
+        """
+        loop = asyncio.get_running_loop()
         try:
-            self.ws = await ws_connect(
-                self.url,
-                open_timeout=self._open_timeout,
-                max_size=self._max_size,
-                ping_interval=None,  # liveness comes from the broker's heartbeats
-                close_timeout=1.0,
-                compression=None,
-            )
-        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            uri = parse_uri(self.url)
+        except InvalidURI as exc:
             raise ConnectionFailed(f"cannot connect to {self.url}: {exc}") from exc
-        self._core.liveness.heard(time.time())
-        self._reader = asyncio.get_running_loop().create_task(self._read(self.ws))
+        context = self._ssl
+        if uri.secure and context is None:
+            context = ssl_module.create_default_context()
+        self._protocol = ClientProtocol(uri, max_size=self._max_size)
+        self._handshake = loop.create_future()
+        try:
+            await loop.create_connection(
+                lambda: self, uri.host, uri.port, ssl=context if uri.secure else None,
+                server_hostname=uri.host if uri.secure else None)
+            await self._handshake
+        except (OSError, InvalidHandshake, ssl_module.SSLError) as exc:
+            self.abort(ConnectionFailed(f"cannot connect to {self.url}: {exc}"))
+            raise ConnectionFailed(f"cannot connect to {self.url}: {exc}") from exc
+        except asyncio.CancelledError:
+            self.abort(ConnectionFailed("connect cancelled"))
+            raise
 
-    def start_watchdog(self) -> None:
-        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+    # ---------------------------------------------------------------- asyncio.Protocol
 
-    def close_error(self, exc: ConnectionClosed) -> RtkitError:
-        if self._close_error is not None:
-            return self._close_error
-        rcvd = exc.rcvd
-        return error_from_close(rcvd.code if rcvd else None, rcvd.reason if rcvd else "")
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport) and self._protocol is not None
+        self._transport = transport
+        protocol = self._protocol
+        protocol.send_request(protocol.connect())
+        self._write_pending()
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self._protocol
+        assert protocol is not None
+        self.bytes_in += len(data)
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        self._write_pending()
+        for event in events:
+            if isinstance(event, Frame):
+                self._frame(event)
+            elif isinstance(event, Response):
+                self._handshake_done(protocol)
+        if protocol.close_expected() and self._transport is not None:
+            asyncio.get_running_loop().call_later(self._close_timeout, self._force_close)
+
+    def _handshake_done(self, protocol: ClientProtocol) -> None:
+        fut = self._handshake
+        if fut is None or fut.done():
+            return
+        if protocol.handshake_exc is not None:
+            exc = protocol.handshake_exc
+            fut.set_exception(exc if isinstance(exc, InvalidHandshake)
+                              else InvalidHandshake(str(exc)))
+        else:
+            fut.set_result(None)
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        data = bytes(frame.data)
+        if opcode is Opcode.TEXT:
+            if frame.fin:
+                self._text(data)
+            else:
+                self._fragments = [data]
+        elif opcode is Opcode.CONT and self._fragments:
+            self._fragments.append(data)
+            if frame.fin:
+                whole, self._fragments = b"".join(self._fragments), []
+                self._text(whole)
+        elif opcode is Opcode.BINARY:
+            self._on_text_bytes(data)
+
+    def _text(self, data: bytes) -> None:
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:  # the protocol checks UTF-8; be safe anyway
+            self._on_text_bytes(data)
+            return
+        self._on_text(text)
+
+    def _on_text_bytes(self, data: bytes) -> None:
+        # Not a text frame: the core reports it as a malformed frame (40004).
+        self._on_text(data)  # type: ignore[arg-type]
+
+    def eof_received(self) -> bool | None:
+        if self._protocol is not None:
+            self._protocol.receive_eof()
+            self._write_pending()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        protocol = self._protocol
+        if protocol is not None:
+            protocol.receive_eof()
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_exception(OSError(f"connection closed during the handshake"
+                                                  f"{': ' + str(exc) if exc else ''}"))
+        self._finish(self._error or self._close_error(exc))
+
+    def _close_error(self, exc: Exception | None) -> RtkitError:
+        protocol = self._protocol
+        rcvd = protocol.close_rcvd if protocol is not None else None
+        if rcvd is not None:
+            return error_from_close(rcvd.code, rcvd.reason)
+        return Disconnected(f"connection lost{': ' + str(exc) if exc else ''}")
+
+    def _finish(self, err: RtkitError) -> None:
+        if not self._lost:
+            self._lost = True
+            self._on_lost(err)
+
+    # ---------------------------------------------------------------- output
+
+    def _write_pending(self) -> None:
+        protocol, transport = self._protocol, self._transport
+        if protocol is None or transport is None:
+            return
+        for data in protocol.data_to_send():
+            if data:
+                self.bytes_out += len(data)
+                transport.write(data)
+            elif transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
+
+    def send(self, text: str) -> bool:
+        """Write one text frame now; False if the link is not open."""
+        protocol = self._protocol
+        if protocol is None or protocol.state is not State.OPEN or self._lost:
+            return False
+        protocol.send_text(text.encode())
+        self._write_pending()
+        return True
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; the transport closes after ``close_timeout``."""
+        protocol = self._protocol
+        if protocol is not None and protocol.state is State.OPEN:
+            protocol.send_close(code, reason)
+            self._write_pending()
+        asyncio.get_running_loop().call_later(self._close_timeout, self._force_close)
+
+    def _force_close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.abort()
 
     def abort(self, err: RtkitError) -> None:
         """End the link at once (no closing handshake), reporting ``err``."""
-        self._close_error = self._close_error or err
-        if self.ws is not None and self.ws.transport is not None:
-            self.ws.transport.abort()
+        self._error = self._error or err
+        if self._transport is not None:
+            self._transport.abort()
+        elif not self._lost:
+            self._lost = True  # never opened: nothing to report
 
-    async def close(self) -> None:
-        tasks = [t for t in (self._watchdog, self._reader) if t is not None]
-        ws = self.ws
-        if ws is not None:
-            if self.lost.done():
-                if ws.transport is not None:
-                    ws.transport.abort()
-            else:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ws.close(), 2.0)
-        for task in tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        if not self.lost.done():
-            self.lost.set_result(RtConnectionClosed("connection closed"))
-
-    async def _read(self, ws: ClientConnection) -> None:
-        core, on_event = self._core, self._on_event
-        try:
-            async for data in ws:
-                for event in core.receive(data, time.time()):
-                    if isinstance(event, cc.BrokerError) and event.fatal:
-                        self._close_error = event.error
-                    elif isinstance(event, cc.BrokerClosed):
-                        self._close_error = event.error or RtConnectionClosed(
-                            "closed by the broker")
-                    elif isinstance(event, cc.Reply) and event.ref in self._pings:
-                        rtt = time.perf_counter() - self._pings.pop(event.ref)
-                        if self._on_rtt is not None:
-                            self._on_rtt(rtt)
-                    on_event(event)
-        except ConnectionClosed:
-            pass
-        except Exception:
-            log.exception("client reader failed")
-        err = self._close_error or error_from_close(ws.close_code, ws.close_reason or "")
-        self._fail_pending(err)
-        if not self.lost.done():
-            self.lost.set_result(err)
-
-    async def _watch(self) -> None:
-        """Drop the link after a heartbeat interval (plus grace) of silence; measure RTT."""
-        session = self._core.session
-        assert session is not None and self.ws is not None
-        ws, liveness = self.ws, self._core.liveness
-        interval = session.heartbeat_interval
-        grace = self._grace if self._grace is not None else max(0.1, interval / 2)
-        liveness.interval, liveness.grace = interval, grace
-        period = min(interval / 4, 1.0)
-        next_ping = time.time() + interval
-        last_tick = time.time()
-        while not self.lost.done():
-            await asyncio.sleep(period)
-            now = time.time()
-            late = now - last_tick > period + grace
-            last_tick = now
-            if late:
-                # Our own loop was blocked (a busy notebook cell): heartbeats may be waiting
-                # unread in the socket. Let the reader catch up before judging the link.
-                continue
-            if liveness.is_dead(now):
-                silent = now - liveness.last_heard
-                self.abort(Disconnected(f"no heartbeat from the broker for {silent:.2f} s"))
-                return
-            if now >= next_ping:
-                next_ping = now + interval
-                ref, text = self._core.request(fr.Heartbeat)
-                self._pings[ref] = time.perf_counter()
-                if len(self._pings) > 16:  # replies lost: stop waiting for the oldest
-                    oldest = next(iter(self._pings))
-                    del self._pings[oldest]
-                    self._core.forget(oldest)
-                with contextlib.suppress(ConnectionClosed):
-                    await ws.send(text)
+    @property
+    def write_buffer_size(self) -> int:
+        t = self._transport
+        return t.get_write_buffer_size() if t is not None else 0

@@ -6,13 +6,12 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from rtkit.core import frames as fr
+from rtkit.core.client_events import PublishResult
 from rtkit.core.frames import Message, PresenceChange, PresenceMember
-from rtkit.errors import LimitExceeded
+from rtkit.errors import LimitExceeded, RtkitError
 
 if TYPE_CHECKING:
     from rtkit.aio.channel import Channel
@@ -20,19 +19,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("rtkit.client")
 MessageCallback = Callable[[Message], Any]
 
-
-@dataclass(frozen=True, slots=True)
-class PublishResult:
-    """The broker's ack: the message's id, serial and timestamp (ms since the epoch).
-
-    ``duplicate`` is true when a message with this id was already in the channel: the
-    broker did not add it again.
-    """
-
-    id: str
-    serial: int
-    timestamp: int
-    duplicate: bool = False
+__all__ = ["MessageCallback", "Presence", "PublishResult", "Subscription"]
 
 
 class Subscription:
@@ -41,7 +28,9 @@ class Subscription:
     Sync callbacks run as each message arrives; async callbacks run one at a time, in
     order. Without a callback, iterate: ``async for msg in subscription``. At most
     ``buffer`` messages wait; past that the oldest are dropped, counted in ``dropped`` and
-    reported by the iterator as :class:`~rtkit.LimitExceeded` (42907), never silently.
+    reported by the iterator as :class:`~rtkit.LimitExceeded` (42907), never silently. If
+    the channel fails (the broker refused or ended the attachment) the iterator raises
+    that error once.
     """
 
     def __init__(
@@ -52,12 +41,14 @@ class Subscription:
         self.event = event
         self.dropped = 0
         self.delivered = 0
+        self.id = 0  # given by the channel
         self._is_async = callback is not None and inspect.iscoroutinefunction(callback)
         self._queue: deque[Message] = deque()
         self._buffer = buffer
         self._ready = asyncio.Event()
         self._closed = False
         self._unreported_drops = 0
+        self._error: RtkitError | None = None
         self._worker: asyncio.Task[None] | None = None
         if self._is_async:
             self._worker = asyncio.get_running_loop().create_task(self._run_async_callback())
@@ -66,27 +57,46 @@ class Subscription:
     def active(self) -> bool:
         return not self._closed
 
+    def _push_all(self, messages: Iterable[Message]) -> None:
+        if self._closed:
+            return
+        event = self.event
+        callback = None if self._is_async else self.callback
+        for msg in messages:
+            if event is not None and msg.name != event:
+                continue
+            self.delivered += 1
+            if callback is not None:
+                try:
+                    callback(msg)
+                except Exception:
+                    log.exception("subscriber callback failed on %s #%d", msg.channel,
+                                  msg.serial)
+                continue
+            if len(self._queue) >= self._buffer:
+                self._queue.popleft()
+                self.dropped += 1
+                self._unreported_drops += 1
+            self._queue.append(msg)
+        self._ready.set()
+
     def _push(self, msg: Message) -> None:
-        if self._closed or (self.event is not None and msg.name != self.event):
-            return
-        self.delivered += 1
-        if self.callback is not None and not self._is_async:
-            try:
-                self.callback(msg)
-            except Exception:
-                log.exception("subscriber callback failed on %s #%d", msg.channel, msg.serial)
-            return
-        if len(self._queue) >= self._buffer:
-            self._queue.popleft()
-            self.dropped += 1
-            self._unreported_drops += 1
-        self._queue.append(msg)
+        self._push_all((msg,))
+
+    def _fail(self, err: RtkitError) -> None:
+        """The channel failed: the iterator raises ``err`` once its queue is drained."""
+        self._error = err
         self._ready.set()
 
     async def _run_async_callback(self) -> None:
         assert self.callback is not None
         while True:
-            msg = await self.get()
+            try:
+                msg = await self.get()
+            except StopAsyncIteration:
+                return
+            except RtkitError:
+                continue  # reported to the client's on_error already
             try:
                 await self.callback(msg)
             except Exception:
@@ -95,6 +105,9 @@ class Subscription:
     async def get(self, timeout: float | None = None) -> Message:
         """The next message (raises :class:`StopAsyncIteration` once unsubscribed)."""
         while not self._queue:
+            if self._error is not None:
+                err, self._error = self._error, None
+                raise err
             if self._closed:
                 raise StopAsyncIteration
             self._ready.clear()
@@ -115,8 +128,9 @@ class Subscription:
         return await self.get()
 
     def close(self) -> None:
-        """Stop delivering to this subscription now (sync; the channel stays attached)."""
-        self._close()
+        """Stop delivering to this subscription now (the channel detaches if it was the
+        last one)."""
+        self.channel._remove(self)
 
     def _close(self) -> None:
         self._closed = True
@@ -136,25 +150,16 @@ class Presence:
         self._channel = channel
         self.members: dict[tuple[str, str], PresenceMember] = {}
         self._listeners: list[Callable[[PresenceChange], Any]] = []
-        #: Whether (and with what data) this client entered: re-entered after a reconnect.
-        self.entered: tuple[bool, Any] = (False, None)
 
-    async def _op(self, op: fr.PresenceOp, data: Any = None, internal: bool = False
-                  ) -> list[PresenceMember]:
-        f = await self._channel._client._request(
-            fr.Presence, channel=self._channel.name, op=op, data=data, internal=internal
-        )
-        assert isinstance(f, fr.PresenceResult)
-        if op in ("enter", "update"):
-            self.entered = (True, data)
-        elif op == "leave":
-            self.entered = (False, None)
-        self.members = {(m.client_id, m.connection_id): m for m in f.members}
-        return list(f.members)
+    @property
+    def entered(self) -> tuple[bool, Any]:
+        """Whether (and with what data) this client entered: re-entered after a reconnect."""
+        return self._channel._core_channel.entered
 
-    async def _reenter(self) -> None:
-        if self.entered[0]:
-            await self._op("enter", self.entered[1], internal=True)
+    async def _op(self, op: str, data: Any = None) -> list[PresenceMember]:
+        members: list[PresenceMember] = await self._channel._presence(op, data)
+        self.members = {(m.client_id, m.connection_id): m for m in members}
+        return members
 
     async def enter(self, data: Any = None) -> list[PresenceMember]:
         """Enter with optional JSON ``data``; returns the members now present."""

@@ -63,6 +63,8 @@ class Attached(Frame):
     lost: bool = False
     #: The first serial that could not be recovered (absent when unknown, e.g. new epoch).
     lost_from: int | None = None
+    #: The last serial that could not be recovered (absent when unknown).
+    lost_to: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         out = Frame.to_wire(self)
@@ -74,6 +76,7 @@ class Attached(Frame):
         return cls(
             ref=r.ref(), channel=r.channel(), serial=r.integer("serial"), epoch=r.text("epoch"),
             lost=r.opt_bool("lost"), lost_from=r.opt_integer("lost_from", 1),
+            lost_to=r.opt_integer("lost_to", 1),
         )
 
 

@@ -9,6 +9,9 @@ Nothing else in rtkit changes a connection's state: drivers call
     disconnected --ttl_expired--> suspended --retry--> connecting
     any open state --close--> closing --closed--> closed
     any state but closed --fatal--> failed; closed/failed --connect--> connecting
+
+Each channel of a client has its own, smaller machine (:class:`ChannelState`,
+:data:`CHANNEL_TRANSITIONS`), applied by :class:`rtkit.core.channel_state.ChannelCore`.
 """
 
 from __future__ import annotations
@@ -134,3 +137,51 @@ class StateMachine:
         if len(self.history) > self._history_limit:
             del self.history[: len(self.history) - self._history_limit]
         return change
+
+
+# ---------------------------------------------------------------------------------- channels
+
+
+class ChannelState(enum.Enum):
+    """The attachment state of one channel of a client. Values are the lowercase names."""
+
+    DETACHED = "detached"  # not attached (never, on purpose, or the link is down)
+    ATTACHING = "attaching"  # an attach is in flight
+    ATTACHED = "attached"  # messages flow
+    DETACHING = "detaching"  # a detach is in flight
+    FAILED = "failed"  # the broker refused or ended the attachment: no retry until asked
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ChannelTrigger(enum.Enum):
+    ATTACH = "attach"  # an attach request was sent
+    ATTACHED = "attached"  # the broker answered 'attached'
+    DETACH = "detach"  # a detach request was sent
+    DETACHED = "detached"  # the broker answered 'detached' (to our request)
+    REFUSED = "refused"  # the broker refused the attach, or detached us with an error
+    LINK_LOST = "link_lost"  # the connection's link went down
+
+
+C = ChannelState
+CT = ChannelTrigger
+
+CHANNEL_TRANSITIONS: dict[ChannelState, dict[ChannelTrigger, ChannelState]] = {
+    C.DETACHED: {CT.ATTACH: C.ATTACHING, CT.LINK_LOST: C.DETACHED},
+    C.ATTACHING: {CT.ATTACHED: C.ATTACHED, CT.REFUSED: C.FAILED, CT.LINK_LOST: C.DETACHED,
+                  CT.DETACHED: C.DETACHED},
+    C.ATTACHED: {CT.ATTACHED: C.ATTACHED, CT.DETACH: C.DETACHING, CT.REFUSED: C.FAILED,
+                 CT.LINK_LOST: C.DETACHED, CT.DETACHED: C.DETACHED},
+    C.DETACHING: {CT.DETACHED: C.DETACHED, CT.LINK_LOST: C.DETACHED, CT.REFUSED: C.FAILED,
+                  CT.ATTACHED: C.DETACHING},
+    C.FAILED: {CT.ATTACH: C.ATTACHING, CT.LINK_LOST: C.FAILED, CT.DETACHED: C.FAILED},
+}
+
+
+def channel_transition(state: ChannelState, trigger: ChannelTrigger) -> ChannelState:
+    """The state after ``trigger``; raises :class:`InvalidTransition` if the table forbids it."""
+    target = CHANNEL_TRANSITIONS[state].get(trigger)
+    if target is None:
+        raise InvalidTransition(f"channel: {trigger.value} is not allowed in state {state.value}")
+    return target

@@ -1,0 +1,174 @@
+"""The continuity checker: did every subscriber get every message once, in order — or was
+it told, precisely, which messages it lost?
+
+With per-channel serials the check is linear. For each subscription, in the order the
+application saw things:
+
+* no message id twice;
+* within an epoch, serials follow each other (n, n+1, ...) unless a continuity loss reported
+  in between covers the skipped serials; a new epoch only after a loss of the old one;
+* (``final``) every message acked while the subscription was active and attached was
+  delivered to it, or is covered by a loss it was told about;
+* no publish that failed (other than by timing out) was delivered to anyone;
+* (``final``) no publish is left unanswered and no client that should be connected is
+  stuck connecting or disconnected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rtkit.core.continuity import ContinuityLoss
+from rtkit.core.states import ConnectionState
+from rtkit.errors import RequestTimeout
+
+if TYPE_CHECKING:
+    from rtkit.sim.client import SimClient, SubRecord
+    from rtkit.sim.world import Simulation
+
+S = ConnectionState
+Item = tuple[str | None, int, str] | ContinuityLoss
+
+
+@dataclass(frozen=True)
+class Violation:
+    client: str
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.client}: {self.what}"
+
+
+def _view(client: SimClient, sub: SubRecord) -> list[Item]:
+    """What subscription ``sub`` saw: its messages and its channel's losses, in order."""
+    out: list[Item] = []
+    end = sub.removed_at if sub.removed_at is not None else float("inf")
+    for entry in client.record.timeline.get(sub.channel, []):
+        if entry.loss is not None:
+            if sub.made <= entry.at <= end:
+                out.append(entry.loss)
+        elif sub.id in entry.subs:
+            out.extend(entry.messages)
+    return out
+
+
+def _covers(loss: ContinuityLoss, epoch: str | None, serial: int, until: int | None) -> bool:
+    if loss.epoch != epoch or loss.first_lost is None or serial < loss.first_lost:
+        return False
+    last = loss.last_lost if loss.last_lost is not None else until
+    return last is None or serial <= last
+
+
+def _check_sub(client: SimClient, sub: SubRecord, acked: dict[str, list[tuple[str | None, int,
+               str, float]]], final: bool, out: list[Violation]) -> None:
+    view = _view(client, sub)
+    seen: set[str] = set()
+    last: tuple[str | None, int] | None = None
+    pending: list[ContinuityLoss] = []  # losses since the last message
+    # For completeness: per loss, where delivery resumed in its epoch.
+    resumed_at: list[tuple[ContinuityLoss, int | None]] = []
+    open_losses: list[ContinuityLoss] = []
+    delivered: set[str] = set()
+    name = f"{client.name}/sub{sub.id}({sub.channel})"
+    for item in view:
+        if isinstance(item, ContinuityLoss):
+            pending.append(item)
+            open_losses.append(item)
+            continue
+        epoch, serial, mid = item
+        if mid in seen:
+            out.append(Violation(name, f"message {mid} (serial {serial}) delivered twice"))
+        seen.add(mid)
+        delivered.add(mid)
+        for loss in open_losses:
+            if loss.epoch == epoch:
+                resumed_at.append((loss, serial - 1))
+        open_losses = [loss for loss in open_losses if loss.epoch != epoch]
+        if last is not None:
+            l_epoch, l_serial = last
+            if epoch == l_epoch:
+                if serial <= l_serial:
+                    out.append(Violation(name, f"serial {serial} after {l_serial}: out of "
+                                               f"order"))
+                elif serial > l_serial + 1 and not any(
+                        _covers(x, epoch, l_serial + 1, serial - 1) and
+                        _covers(x, epoch, serial - 1, serial - 1) for x in pending):
+                    out.append(Violation(name, f"serials {l_serial + 1}..{serial - 1} skipped "
+                                               f"without a continuity loss"))
+            elif not any(x.epoch == l_epoch for x in pending):
+                out.append(Violation(name, f"epoch changed {l_epoch} -> {epoch} without a "
+                                           f"continuity loss"))
+        last = (epoch, serial)
+        pending = []
+    resumed_at.extend((loss, None) for loss in open_losses)
+    if not final or sub.removed_at is not None or sub.attached_at is None:
+        return
+    base = sub.base
+    epochs = {item[0] for item in view if not isinstance(item, ContinuityLoss)}
+    epochs |= {item.epoch for item in view if isinstance(item, ContinuityLoss)}
+    recreated = [item.at for item in view if isinstance(item, ContinuityLoss)
+                 and "new epoch" in item.reason]
+    for epoch, serial, mid, at in acked.get(sub.channel, []):
+        if at < sub.attached_at or mid in delivered:
+            continue
+        if base is not None and epoch == base[0] and serial <= base[1]:
+            continue  # in the channel before the subscription attached
+        if epoch not in epochs and any(at <= t for t in recreated):
+            continue  # an incarnation of the channel that lived and died while we were away
+        if not any(_covers(loss, epoch, serial, until) for loss, until in resumed_at):
+            out.append(Violation(name, f"message {mid} (serial {serial}, epoch {epoch}) "
+                                       f"acked at {at:.3f} never delivered nor declared lost"))
+
+
+def settled(sim: Simulation) -> bool:
+    """Every live client connected, every publish answered, every subscription attached,
+    no frame in flight."""
+    if sim.network.in_flight():
+        return False
+    for c in sim.clients.values():
+        if c.core is None or c.state in (S.CLOSED, S.FAILED, S.INITIALIZED):
+            continue
+        if c.state is not S.CONNECTED or c.link is None or not c.link.open:
+            return False  # (a connected client whose link is dead has yet to notice)
+        if any(p.serial is None and p.error is None for p in c.record.published.values()):
+            return False
+        for ch in c.core.channels.values():
+            if ch.wanted and (ch.state.value not in ("attached", "failed")
+                              or ch.inflight is not None or ch.repairing):
+                return False
+        for sub in c.record.subs.values():
+            if sub.removed_at is None and sub.attached_at is None and sub.error is None \
+                    and sub.channel not in c.record.failed_channels:
+                return False
+    return True
+
+
+def check(sim: Simulation, final: bool = True) -> list[Violation]:
+    """Every continuity violation in ``sim`` so far (``final``: also liveness)."""
+    out: list[Violation] = []
+    acked: dict[str, list[tuple[str | None, int, str, float]]] = {}
+    failed: set[str] = set()
+    for c in sim.clients.values():
+        for p in c.record.published.values():
+            if p.serial is not None and p.acked_at is not None:
+                acked.setdefault(p.channel, []).append((p.epoch, p.serial, p.id, p.acked_at))
+            elif p.error is not None:
+                if not isinstance(p.error, RequestTimeout):
+                    failed.add(p.id)
+            elif final and c.core is not None and c.state not in (S.CLOSED, S.FAILED):
+                out.append(Violation(c.name, f"publish {p.id} never answered"))
+    for c in sim.clients.values():
+        alive = c.core is not None and c.state not in (S.CLOSED, S.FAILED, S.INITIALIZED)
+        if final and alive and c.state is not S.CONNECTED:
+            out.append(Violation(c.name, f"stuck in {c.state.value}"))
+        for sub in c.record.subs.values():
+            gone = not alive or sub.channel in c.record.failed_channels
+            _check_sub(c, sub, acked, final and not gone, out)
+        for entries in c.record.timeline.values():
+            for entry in entries:
+                for _, serial, mid in entry.messages:
+                    if mid in failed:
+                        out.append(Violation(c.name, f"message {mid} was delivered (serial "
+                                                     f"{serial}) although its publish failed"))
+    return out
