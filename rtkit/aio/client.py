@@ -31,7 +31,7 @@ from rtkit.core.outbox import DEFAULT_MAX_QUEUED_BYTES
 from rtkit.core.recovery import RecoveryKey
 from rtkit.core.states import ChannelState, ConnectionState
 from rtkit.core.timing import Backoff, RandomSource
-from rtkit.errors import ConnectionClosed, RequestTimeout, RtkitError
+from rtkit.errors import ConnectionClosed, ConnectionFailed, RequestTimeout, RtkitError
 
 log = logging.getLogger("rtkit.client")
 S = ConnectionState
@@ -340,9 +340,14 @@ class Client(Observable):
     async def _connect(self, link: WebSocketLink, link_id: int) -> None:
         try:
             await link.connect()
-        except RtkitError as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to connect is retried
+            if not isinstance(exc, RtkitError):
+                log.warning("unexpected error while connecting to %s", self.url,
+                            exc_info=exc)
+                exc = ConnectionFailed(f"cannot connect to {self.url}: {exc!r}")
             if self._link is link:
                 self._link = None
+            link.abort(exc)
             self._core.link_failed(link_id, exc, self._now())
         else:
             self._core.link_opened(link_id, self._now())

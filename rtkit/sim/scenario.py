@@ -24,11 +24,13 @@ from rtkit.sim.world import Simulation
 S = ConnectionState
 CHANNELS = ("a", "b", "c")
 KINDS = ("sub", "unsub", "pub", "drop", "blackhole", "refuse", "partition", "restart",
-         "reconnect", "close", "renew", "narrow", "expire", "recover", "lossy", "wait")
+         "reconnect", "close", "renew", "narrow", "expire", "recover", "lossy", "jitter",
+         "authfail", "slowauth", "wait")
 BROKER = {"heartbeat_interval": 1.0, "connection_state_ttl": 8.0, "publish_rate": 10_000,
           "publish_burst": 20_000}
 CLIENT: dict[str, Any] = {"backoff": Backoff(base=0.2, cap=1.0), "heartbeat_grace": 0.5,
-          "connect_timeout": 2.0, "suspended_retry_interval": 3.0, "request_timeout": 5.0}
+          "connect_timeout": 2.0, "suspended_retry_interval": 3.0, "request_timeout": 5.0,
+          "auth_timeout": 1.0}
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,10 @@ def generate(seed: int, max_steps: int = 24) -> Scenario:
             n = round(rng.uniform(0.1, 2.0), 2)
         elif op == "sub":
             n = rng.choice([0, 0, 0, 2, 5])
-        elif op in ("lossy", "unsub"):
+        elif op in ("lossy", "unsub", "jitter"):
             n = round(rng.random(), 2)
+        elif op == "authfail":
+            n = rng.randint(1, 4)
         steps.append(Step(round(rng.uniform(0.0, 1.5), 2), op, rng.randrange(clients),
                           rng.choice(CHANNELS), n))
     return Scenario(seed, clients, tokens, history, tuple(steps))
@@ -112,6 +116,7 @@ class Runner:
         violations = check(sim, final=False)
         sim.heal()
         for c in self.slots:
+            c.auth_delay, c.auth_failures = 0.01, 0  # the token service recovers too
             if c.core is not None and c.state is S.INITIALIZED:
                 c.connect()
         if not sim.settle(120.0):
@@ -170,6 +175,12 @@ class Runner:
             self._recover(step.client)
         elif op == "lossy":
             sim.network.faults.lose_message = 0.3 * step.n
+        elif op == "jitter":
+            sim.network.faults.jitter = 0.2 * step.n
+        elif op == "authfail":
+            c.auth_failures += int(step.n)
+        elif op == "slowauth":
+            c.auth_delay = 3.0 if c.auth_delay < 1 else 0.01  # beyond auth_timeout
 
     def _recover(self, i: int) -> None:
         """The client's process dies; a new one resumes from its recovery key."""
