@@ -346,11 +346,11 @@ class ClientCore:
         try:
             data_json = fr.dumps(data)
             size = len(data_json.encode()) + len(name.encode())
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise ProtocolError(f"data is not JSON: {exc}", code=40003) from None
         except UnicodeEncodeError:
             raise ProtocolError("data or name is not valid UTF-8 (a lone surrogate?)",
                                 code=40001) from None
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ProtocolError(f"data is not JSON: {exc}", code=40003) from None
         limit = self.session.limits.get("max_message_size") if self.session else None
         if limit is not None and size > limit:
             raise LimitExceeded(f"message is {size} bytes; the limit is {limit}", code=42901)

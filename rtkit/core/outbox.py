@@ -102,9 +102,9 @@ class Outbox:
         if bucket is None:
             return now
         bucket.take(now, 0.0)  # refill
-        if bucket.tokens >= 1.0:
+        if bucket.tokens + 1e-9 >= 1.0:
             return now
-        return now + (1.0 - bucket.tokens) / bucket.rate
+        return now + max(0.001, (1.0 - bucket.tokens) / bucket.rate)
 
     def take_sendable(self, now: float) -> list[Entry]:
         """The unsent entries the pacing allows now, in publish order (mark each sent)."""

@@ -104,7 +104,7 @@ class TokenBucket:
         elapsed = max(0.0, now - self.updated)
         self.updated = now
         self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
-        if self.tokens >= cost:
-            self.tokens -= cost
+        if self.tokens + 1e-9 >= cost:  # (tolerate float rounding in the refill)
+            self.tokens = max(0.0, self.tokens - cost)
             return True
         return False

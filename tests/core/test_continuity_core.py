@@ -20,13 +20,14 @@ def msg(serial: int, mid: str | None = None) -> Message:
 
 
 def attached(serial: int, epoch: str = "e1", lost: bool = False,
-             lost_from: int | None = None) -> Attached:
-    return Attached(channel="c", serial=serial, epoch=epoch, lost=lost, lost_from=lost_from)
+             lost_from: int | None = None, lost_to: int | None = None) -> Attached:
+    return Attached(channel="c", serial=serial, epoch=epoch, lost=lost, lost_from=lost_from,
+                    lost_to=lost_to)
 
 
 def test_tracker_delivers_in_order_and_drops_duplicates() -> None:
     t = Tracker("c")
-    assert t.attached(attached(0), resuming=False, rewind=None, now=0) is None
+    assert t.attached(attached(0), resuming=False, now=0) is None
     verdicts = []
     for m in (msg(1), msg(2), msg(2), msg(1), msg(3, "m2"), msg(3)):
         v = t.check(m)
@@ -40,54 +41,70 @@ def test_tracker_delivers_in_order_and_drops_duplicates() -> None:
 
 def test_tracker_reports_gaps() -> None:
     t = Tracker("c")
-    t.attached(attached(10), resuming=False, rewind=None, now=0)
+    t.attached(attached(10), resuming=False, now=0)
     assert t.check(msg(11)) is Verdict.DELIVER
     assert t.check(msg(13)) is Verdict.GAP
 
 
-def test_resume_that_fell_short_reports_the_first_lost_serial_and_rebases() -> None:
+def test_resume_that_fell_short_reports_the_lost_range_and_continues_after_it() -> None:
     t = Tracker("c")
-    t.attached(attached(4), resuming=False, rewind=None, now=0)
+    t.attached(attached(4), resuming=False, now=0)
     t.accept(msg(5))
-    loss = t.attached(attached(40, lost=True, lost_from=6), resuming=True, rewind=None, now=9)
-    assert loss is not None and (loss.first_lost, loss.last_seen, loss.at) == (6, 5, 9)
-    assert t.check(msg(30)) is Verdict.DELIVER  # the first replayed message is the new base
+    loss = t.attached(attached(40, lost=True, lost_from=6, lost_to=29), resuming=True, now=9)
+    assert loss is not None
+    assert (loss.first_lost, loss.last_lost, loss.last_seen, loss.at) == (6, 29, 5, 9)
+    assert loss.epoch == "e1"
+    assert t.check(msg(30)) is Verdict.DELIVER  # the replay starts right after the loss
 
 
-def test_new_epoch_is_a_loss_with_unknown_first_serial() -> None:
+def test_a_loss_of_unknown_extent_takes_the_next_message_as_the_base() -> None:
     t = Tracker("c")
-    t.attached(attached(3, epoch="old"), resuming=False, rewind=None, now=0)
-    loss = t.attached(attached(0, epoch="new", lost=True), resuming=True, rewind=None, now=1)
-    assert loss is not None and loss.first_lost is None and "epoch" in loss.reason
-    assert t.epoch == "new"
+    t.attached(attached(4), resuming=False, now=0)
+    loss = t.attached(attached(40, lost=True, lost_from=5), resuming=True, now=9)
+    assert loss is not None and loss.last_lost is None
+    assert t.check(msg(31)) is Verdict.DELIVER
+    t.accept(msg(31))
+    assert t.check(msg(33)) is Verdict.GAP  # and strict again afterwards
 
 
-def test_refused_resume_loses_the_position() -> None:
+def test_new_epoch_is_a_loss_of_the_rest_of_the_old_one() -> None:
     t = Tracker("c")
-    assert t.lost_on_resume_refused(0, "x") is None  # never attached: nothing to lose
-    t.attached(attached(7), resuming=False, rewind=None, now=0)
-    loss = t.lost_on_resume_refused(5, "TTL passed")
-    assert loss is not None and loss.first_lost == 8 and t.resume_point is None
+    t.attached(attached(3, epoch="old"), resuming=False, now=0)
+    loss = t.attached(attached(0, epoch="new", lost=True), resuming=True, now=1)
+    assert loss is not None and "epoch" in loss.reason
+    assert (loss.first_lost, loss.last_lost, loss.epoch) == (4, None, "old")
+    assert t.epoch == "new" and t.serial == 0
 
 
-def test_outbox_order_resend_and_bound() -> None:
-    box = Outbox(limit=3)
-    a, b = box.add("c", "n", 1, "a"), box.add("c", "n", 2, "b")
-    assert [e.id for e in box.take_unsent()] == ["a", "b"]
+def test_a_detach_on_purpose_forgets_the_position() -> None:
+    t = Tracker("c")
+    t.attached(attached(7), resuming=False, now=0)
+    t.reset()
+    assert t.resume_point is None
+
+
+def test_outbox_order_resend_bytes_and_bound() -> None:
+    box = Outbox(max_bytes=400)
+    a, b = box.add("c", "n", "1", "a", op=1), box.add("c", "n", "2", "b", op=2)
+    assert [e.id for e in box.take_sendable(0.0)] == ["a", "b"]
     box.mark_sent(a, 1)
     box.mark_sent(b, 2)
-    assert box.take_unsent() == []
-    assert box.resolve(1) is a and box.resolve(1) is None
-    c = box.add("c", "n", 3, "c")
+    assert box.take_sendable(0.0) == []
+    assert box.by_ref(1) is a
+    box.remove(a)
+    assert box.by_ref(1) is None and box.by_op(1) is None
+    c = box.add("c", "n", "3", "c", op=3)
     box.transport_lost()  # b was sent but not acked: goes again, before c
-    assert [e.id for e in box.take_unsent()] == ["b", "c"]
+    assert [e.id for e in box.take_sendable(0.0)] == ["b", "c"]
     box.mark_sent(b, 3)
-    assert box.resent == 1 and box.is_publish(3) and not box.is_publish(2)
-    box.add("c", "n", 4, "d")
+    assert box.resent == 1 and box.by_ref(3) is b and box.by_ref(2) is None
+    assert b.frame(3) == '{"action":"publish","ref":3,"channel":"c","name":"n","data":2,' \
+                         '"id":"b"}'
     with pytest.raises(LimitExceeded) as info:
-        box.add("c", "n", 5, "e")
+        box.add("c", "n", '"' + "x" * 400 + '"', "e", op=5)
     assert info.value.code == 42905
-    assert [e.id for e in box.take_all()] == ["b", "c", "d"] and len(box) == 0
+    assert box.bytes == sum(e.size for e in (b, c))
+    assert [e.id for e in box.take_all()] == ["b", "c"] and len(box) == 0 and box.bytes == 0
     box.remove(c)  # removing twice is harmless
 
 
