@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import h11
 
-from rtkit.errors import ConnectionFailed, Disconnected
+from rtkit.errors import ConnectionFailed, Disconnected, ProtocolError
 
 USER_AGENT = "rtkit/0.1 (+https://pypi.org/project/rtkit/)"
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -171,3 +173,26 @@ async def _exchange(method: str, url: str, headers: Mapping[str, str], body: byt
         found[key] = f"{found[key]}, {text}" if key in found else text
     return Response(url, event.status_code, event.reason.decode("latin-1"), found, conn,
                     reader, writer)
+
+
+async def get_json(url: str, *, headers: Mapping[str, str] | None = None,
+                   ssl: ssl_module.SSLContext | None = None, timeout: float = 10.0,
+                   limit: int = 16 * 1024 * 1024) -> Any:
+    """GET ``url`` and decode its JSON body (e.g. a REST snapshot to resync a feed after a
+    gap). Raises :class:`~rtkit.ConnectionFailed` unless the status is 200 and
+    :class:`~rtkit.ProtocolError` (40001) if the body is not JSON."""
+    response = await request("GET", url, headers={"Accept": "application/json",
+                                                  **(headers or {})}, ssl=ssl, timeout=timeout)
+    try:
+        async with asyncio.timeout(timeout):
+            body = await response.read(limit)
+    except TimeoutError:
+        raise ConnectionFailed(f"the body of {url} took more than {timeout:g} s") from None
+    finally:
+        await response.close()
+    if response.status != 200:
+        raise ConnectionFailed(f"{url} answered HTTP {response.status} {response.reason}")
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise ProtocolError(f"{url} did not answer JSON: {exc}", code=40001) from None

@@ -141,6 +141,7 @@ class Feed:
         self._link: Link | None = None
         self._watch = FeedWatch(*self._watch_args)
         self._had_data = False
+        self._last_rtt: float | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retry_now = asyncio.Event()
@@ -220,7 +221,10 @@ class Feed:
     @property
     def last_rtt(self) -> float | None:
         """Round-trip time of the last WebSocket ping, in seconds."""
-        return self._link.last_rtt if self._link is not None else None
+        link = self._link
+        if link is not None and link.last_rtt is not None:
+            return link.last_rtt
+        return self._last_rtt
 
     def stats(self) -> dict[str, Any]:
         """Counters: connections, frames, records, bad frames, gaps, missed, duplicates..."""
@@ -456,8 +460,11 @@ class Feed:
                 await self._drop_link()
                 self._fail(stop.error)
                 return
-            except RtkitError as exc:
+            except (RtkitError, Exception) as exc:
                 await self._drop_link()
+                if not isinstance(exc, RtkitError):  # a bug: say so, keep trying
+                    log.exception("%s: connecting failed unexpectedly", self.name)
+                    exc = ConnectionFailed(f"{type(exc).__name__}: {exc}")
                 self._life.report(exc)
                 self._life.transition(Trigger.TRANSPORT_LOST, f"connect failed: {exc.message}",
                                       exc)
@@ -569,6 +576,7 @@ class Feed:
     async def _drop_link(self) -> None:
         link, self._link = self._link, None
         if link is not None:
+            self._last_rtt = link.last_rtt or self._last_rtt
             await link.close()
 
     def __repr__(self) -> str:

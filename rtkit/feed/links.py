@@ -14,6 +14,7 @@ import logging
 import ssl as ssl_module
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
@@ -105,20 +106,22 @@ class WebSocketLink(Link):
 
     async def open(self) -> None:
         names = {k.lower() for k in self._headers}
+        tls: dict[str, Any] = {"ssl": self._ssl} if self._ssl and self.url.startswith(
+            "wss:") else {}
         try:
             self.ws = await ws_connect(
                 self.url,
                 additional_headers=dict(self._headers),
                 user_agent_header=None if "user-agent" in names else http.USER_AGENT,
-                ssl=self._ssl if self.url.startswith("wss:") else None,
                 open_timeout=self._open_timeout,
                 ping_interval=None,  # the feed's watchdog pings, and watches the data too
                 ping_timeout=None,
                 close_timeout=1.0,
                 max_size=self._max_size,
                 max_queue=64,
+                **tls,
             )
-        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError, ValueError) as exc:
             raise ConnectionFailed(f"cannot connect to {self.url}: {exc}") from None
         self._reader = asyncio.get_running_loop().create_task(self._read(self.ws))
 
