@@ -180,9 +180,7 @@ def to_millis(value: Any) -> int | None:
     milliseconds, microseconds or nanoseconds by their size; strings as ISO 8601 (a ``Z``
     suffix is fine) or as numbers."""
     if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
+        if value[4:5] == "-":  # a date first: ISO 8601 (checked first, the common case)
             try:
                 stamp = datetime.fromisoformat(value)
             except ValueError:
@@ -190,6 +188,10 @@ def to_millis(value: Any) -> int | None:
             if stamp.tzinfo is None:
                 return None  # a local time of some unknown zone: no latency rather than a wrong one
             return round(stamp.timestamp() * 1000)
+        try:
+            value = float(value)
+        except ValueError:
+            return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     size = abs(value)
