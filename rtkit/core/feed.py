@@ -162,6 +162,8 @@ def parser(parse: ParseName | ParseFunction | None) -> Callable[[Payload], list[
         def parse_custom(payload: Payload) -> list[Any]:
             try:
                 result = fn(payload)
+            except json.JSONDecodeError as exc:
+                raise ParseFailed(ProtocolError(f"invalid JSON: {exc}", code=40001)) from exc
             except Exception as exc:  # the user's function: any failure is one bad frame
                 raise ParseFailed(ProtocolError(
                     f"parse failed: {type(exc).__name__}: {exc}", code=40000)) from exc

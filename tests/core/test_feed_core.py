@@ -51,6 +51,7 @@ def test_ndjson_text_bytes_and_callables() -> None:
     ("ndjson", '{"a":1}\n{oops', 40001),
     ("text", b"\xff", 40000),
     (lambda raw: 1 / 0 if raw == "x" else raw, "x", 40000),
+    (lambda raw: json.loads(raw)["a"], "{", 40001),
 ])
 def test_bad_frames_are_counted_kept_and_never_raise(parse: Any, payload: Any, code: int) -> None:
     core = FeedCore("t", parse)
