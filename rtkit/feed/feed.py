@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
 import random
 import ssl as ssl_module
@@ -29,7 +28,7 @@ from rtkit.core.feed import BadFrame, FeedCore, FeedRecord, ParseFunction, Parse
 from rtkit.core.sequence import Duplicate, Extractor, Gap
 from rtkit.core.states import ConnectionState, StateChange, Trigger
 from rtkit.core.timing import Backoff, RandomSource
-from rtkit.core.watch import FeedWatch, RetryPolicy
+from rtkit.core.watch import RetryPolicy
 from rtkit.errors import (
     ConnectionClosed,
     ConnectionFailed,
@@ -40,8 +39,8 @@ from rtkit.errors import (
     RtkitError,
 )
 from rtkit.feed.lifecycle import ErrorListener, Lifecycle, StateListener
-from rtkit.feed.links import GiveUp, Link, SSELink, WebSocketLink
 from rtkit.feed.subscription import FeedSubscription, RecordCallback
+from rtkit.feed.supervisor import Supervisor, encode
 
 log = logging.getLogger("rtkit.feed")
 S = ConnectionState
@@ -127,10 +126,8 @@ class Feed:
         self._subscribe = subscribe
         self._resync = resync
         grace = heartbeat_grace if heartbeat_grace is not None else (heartbeat or 0) / 2
-        self._watch_args = (heartbeat, grace, max_silence)
-        FeedWatch(*self._watch_args)  # checks the values now
         self.backoff = backoff or Backoff()
-        self._retry = RetryPolicy(self.backoff, random_source or random.Random(), max_retries)
+        retry = RetryPolicy(self.backoff, random_source or random.Random(), max_retries)
         self._core = FeedCore(self.name, parse, sequence=sequence, sequence_key=sequence_key,
                               contiguous=contiguous, timestamp=timestamp,
                               max_frame_size=max_frame_size, keep_bad_frames=keep_bad_frames)
@@ -138,16 +135,8 @@ class Feed:
         self._life = Lifecycle(self.name)
         self._subs: list[FeedSubscription] = []
         self._gap_listeners: list[GapCallback] = []
-        self._link: Link | None = None
-        self._watch = FeedWatch(*self._watch_args)
-        self._had_data = False
-        self._last_rtt: float | None = None
-        self._supervisor: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._retry_now = asyncio.Event()
-        self.connections = 0
-        #: Subscription messages sent so far (over every connection).
-        self.subscriptions_sent = 0
+        self._supervisor = Supervisor(self, retry, (heartbeat, grace, max_silence))
+        self._tasks: set[asyncio.Task[Any]] = set()  # resyncs running
         self.resyncs = 0
         _rerun.replace_previous("feed", self, Feed._close_soon)
 
@@ -221,10 +210,17 @@ class Feed:
     @property
     def last_rtt(self) -> float | None:
         """Round-trip time of the last WebSocket ping, in seconds."""
-        link = self._link
-        if link is not None and link.last_rtt is not None:
-            return link.last_rtt
-        return self._last_rtt
+        return self._supervisor.last_rtt
+
+    @property
+    def connections(self) -> int:
+        """Connections made so far."""
+        return self._supervisor.connections
+
+    @property
+    def subscriptions_sent(self) -> int:
+        """Subscription messages sent so far (over every connection)."""
+        return self._supervisor.subscriptions_sent
 
     def stats(self) -> dict[str, Any]:
         """Counters: connections, frames, records, bad frames, gaps, missed, duplicates..."""
@@ -246,12 +242,11 @@ class Feed:
         background; ``close()`` stops it."""
         if self.state is S.CONNECTED:
             return
-        if self._supervisor is None or self._supervisor.done():
+        if not self._supervisor.running:
             self._life.transition(Trigger.CONNECT, "connect() called")
-            self._retry.succeeded()  # a fresh start: max_retries counts again
-            self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+            self._supervisor.start()
         else:
-            self._retry_now.set()
+            self._supervisor.retry_now()
         try:
             await self.wait_for_state(S.CONNECTED, S.FAILED, S.CLOSED,
                                       timeout=timeout or self.connect_timeout)
@@ -268,9 +263,10 @@ class Feed:
         if self.state in (S.INITIALIZED, S.CLOSED, S.FAILED):
             await self.connect(timeout)
             return
-        self._retry_now.set()
-        if self.state is S.CONNECTED and self._link is not None:
-            self._link.abort(Disconnected("reconnect() called"))
+        self._supervisor.retry_now()
+        link = self._supervisor.link
+        if self.state is S.CONNECTED and link is not None:
+            link.abort(Disconnected("reconnect() called"))
             await self.wait_for_state(S.DISCONNECTED, S.CONNECTING, S.FAILED, S.CLOSED,
                                       timeout=self.connect_timeout)
         await self.connect(timeout)
@@ -280,16 +276,13 @@ class Feed:
         if self.state in (S.CLOSED, S.CLOSING):
             return
         self._life.transition(Trigger.CLOSE, "close() called")
-        tasks = [t for t in (self._supervisor, *self._tasks) if t is not None]
-        self._supervisor = None
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
         for task in tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
+            task.cancel()
         for task in tasks:
-            if task is not asyncio.current_task():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        await self._drop_link()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._supervisor.stop()
         for sub in list(self._subs):
             sub.close()
         if self._life.state is S.CLOSING:
@@ -316,11 +309,11 @@ class Feed:
             with contextlib.suppress(TimeoutError):
                 await self.wait_for_state(S.CONNECTED, S.FAILED, S.CLOSED,
                                           timeout=self.connect_timeout)
-        link = self._link
+        link = self._supervisor.link
         if self.state is not S.CONNECTED or link is None:
             raise (ConnectionClosed if self.state in (S.CLOSED, S.CLOSING, S.INITIALIZED)
                    else Disconnected)(f"cannot send: the feed is {self.state.value}")
-        await link.send(_encode(obj))
+        await link.send(encode(obj))
 
     # ---------------------------------------------------------------- records
 
@@ -363,17 +356,10 @@ class Feed:
                 self._report_gap(item)
             elif type(item) is BadFrame:
                 self._bad(item)
-        now = time.monotonic()
         if data:
-            self._watch.got_data(now)
-            if not self._had_data:
-                self._had_data = True
-                self._retry.succeeded()
+            self._supervisor.got_data(time.monotonic())
         else:
-            self._watch.heard(now)
-
-    def _heard(self) -> None:
-        self._watch.heard(time.monotonic())
+            self._supervisor.heard(time.monotonic())
 
     def _bad(self, frame: BadFrame) -> None:
         log.warning("%s: bad frame of %d bytes: %s", self.name, frame.size, frame.error)
@@ -410,6 +396,13 @@ class Feed:
             record = self._core.record(value, time.time(), name="resync")
             for sub in self._subs:
                 sub.push(record)
+
+    def _fail(self, err: RtkitError) -> None:
+        """Give up (the server said so, or ``max_retries``): failed, iterations end."""
+        self._life.report(err)
+        self._life.transition(Trigger.FATAL, err.message, err)
+        for sub in list(self._subs):
+            sub.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -449,146 +442,8 @@ class Feed:
         """The same as :meth:`on_gap` (for tools written for channels)."""
         return self.on_gap(callback)
 
-    # ---------------------------------------------------------------- connecting
-
-    async def _supervise(self) -> None:
-        down_since: float | None = None
-        while True:
-            try:
-                link = await self._open()
-            except GiveUp as stop:
-                await self._drop_link()
-                self._fail(stop.error)
-                return
-            except (RtkitError, Exception) as exc:
-                await self._drop_link()
-                if not isinstance(exc, RtkitError):  # a bug: say so, keep trying
-                    log.exception("%s: connecting failed unexpectedly", self.name)
-                    exc = ConnectionFailed(f"{type(exc).__name__}: {exc}")
-                self._life.report(exc)
-                self._life.transition(Trigger.TRANSPORT_LOST, f"connect failed: {exc.message}",
-                                      exc)
-            else:
-                down_since = None
-                err = await link.lost
-                await self._drop_link()
-                self._life.report(err)
-                self._life.transition(Trigger.TRANSPORT_LOST, err.message, err)
-            if down_since is None:
-                down_since = time.monotonic()
-            delay = self._retry.delay()
-            if delay is None:
-                self._fail(ConnectionFailed(
-                    f"gave up after {self._retry.attempt} failed attempts (max_retries)"))
-                return
-            await self._wait_before_retry(delay, down_since)
-            self._life.transition(Trigger.RETRY, f"retry #{self._retry.attempt}"
-                                  f" after {delay:.2f} s")
-
-    def _fail(self, err: RtkitError) -> None:
-        self._life.report(err)
-        self._life.transition(Trigger.FATAL, err.message, err)
-        for sub in list(self._subs):
-            sub.close()
-
-    async def _wait_before_retry(self, delay: float, down_since: float) -> None:
-        deadline = time.monotonic() + delay
-        suspend_at = down_since + self.suspend_after
-        while True:
-            now = time.monotonic()
-            if self.state is S.DISCONNECTED and now >= suspend_at:
-                self._life.transition(Trigger.TTL_EXPIRED,
-                                      f"disconnected for more than {self.suspend_after:g} s")
-            wait = deadline - now
-            if self.state is S.DISCONNECTED:
-                wait = min(wait, suspend_at - now)
-            if now >= deadline:
-                return
-            try:
-                await asyncio.wait_for(self._retry_now.wait(), max(wait, 0.0))
-                return
-            except TimeoutError:
-                continue
-
-    async def _open(self) -> Link:
-        self._retry_now.clear()
-        url = self.url() if callable(self.url) else self.url
-        link: Link
-        if self.kind == "ws":
-            link = WebSocketLink(url, self._on_frame, self._heard, headers=self.headers,
-                                 ssl=self.ssl, open_timeout=self.connect_timeout,
-                                 max_size=max(64 * 1024 * 1024, 4 * self.max_frame_size))
-        else:
-            link = SSELink(url, self._on_frame, self._heard, headers=self.headers, ssl=self.ssl,
-                           open_timeout=self.connect_timeout, parser=self._parser,
-                           on_retry=self._on_retry, on_oversized=self._oversized_event)
-        self._link = link
-        self._watch = FeedWatch(*self._watch_args)
-        self._had_data = False
-        self._watch.start(time.monotonic())
-        await link.open()
-        self.connections += 1
-        sent = await self._send_subscription(link)
-        self._spawn(self._watchdog(link, self._watch))
-        detail = f", {sent} subscription message{'s' if sent != 1 else ''} sent" if sent else ""
-        resumed = (f", resuming after event {self._parser.last_event_id}"
-                   if self.kind == "sse" and self._parser.last_event_id else "")
-        self._life.transition(Trigger.CONNECTED, f"connected to {url}{detail}{resumed}")
-        return link
-
-    async def _send_subscription(self, link: Link) -> int:
-        spec = self._subscribe
-        if spec is None:
-            return 0
-        if callable(spec):
-            spec = spec()
-            if inspect.isawaitable(spec):
-                spec = await spec
-        messages = list(spec) if isinstance(spec, list | tuple) else [spec]
-        for message in messages:
-            await link.send(_encode(message))
-            self.subscriptions_sent += 1
-        return len(messages)
-
-    def _on_retry(self, milliseconds: int) -> None:
-        self._retry.server_retry = milliseconds / 1000
-
-    async def _watchdog(self, link: Link, watch: FeedWatch) -> None:
-        """Drop the link when it or its data goes silent; ping on WebSockets."""
-        period = watch.period
-        last_tick = time.monotonic()
-        while not link.lost.done():
-            await asyncio.sleep(period)
-            now = time.monotonic()
-            late = now - last_tick > 2 * period + 0.25
-            last_tick = now
-            if late:
-                # Our own loop was blocked (a busy notebook cell): frames may be waiting
-                # unread. Let the reader catch up before judging the link.
-                continue
-            why = watch.dead(now)
-            if why is not None:
-                link.abort(Disconnected(why))
-                return
-            if watch.ping_due(now):
-                link.ping()
-
-    async def _drop_link(self) -> None:
-        link, self._link = self._link, None
-        if link is not None:
-            self._last_rtt = link.last_rtt or self._last_rtt
-            await link.close()
-
     def __repr__(self) -> str:
         return f"<rtkit.Feed {self.name} ({self.kind}) {self.state.value}>"
-
-
-def _encode(obj: Any) -> str | bytes:
-    if isinstance(obj, str | bytes):
-        return obj
-    if isinstance(obj, bytearray | memoryview):
-        return bytes(obj)
-    return json.dumps(obj, separators=(",", ":"))
 
 
 def _name_of(url: str) -> str:
