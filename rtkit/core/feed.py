@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -74,6 +74,24 @@ class FeedRecord:
 
     def __contains__(self, key: Any) -> bool:
         return isinstance(self.data, dict | list | str) and key in self.data
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.data)  # the keys of a dict, the items of a list
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __bool__(self) -> bool:
+        return True  # a record, even of empty data, is something that arrived
+
+    def keys(self) -> Any:
+        return self.data.keys()
+
+    def values(self) -> Any:
+        return self.data.values()
+
+    def items(self) -> Any:
+        return self.data.items()
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, FeedRecord):

@@ -9,7 +9,8 @@ local replay servers that emulate public feeds (:mod:`rtkit.feed.replay`).
 
 from rtkit.core.feed import BadFrame, FeedRecord
 from rtkit.core.sequence import Duplicate, Gap
+from rtkit.feed import replay
 from rtkit.feed.feed import Feed
 from rtkit.feed.subscription import FeedSubscription
 
-__all__ = ["BadFrame", "Duplicate", "Feed", "FeedRecord", "FeedSubscription", "Gap"]
+__all__ = ["BadFrame", "Duplicate", "Feed", "FeedRecord", "FeedSubscription", "Gap", "replay"]
