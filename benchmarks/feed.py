@@ -163,14 +163,14 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="20,000 records, 1 round")
+    parser.add_argument("--quick", action="store_true", help="5,000 records, 1 round")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         _pin(1)
         asyncio.run(_serve(args.serve))
         return
-    n, rounds = (20_000, 1) if args.quick else (args.records, args.rounds)
+    n, rounds = (5_000, 1) if args.quick else (args.records, args.rounds)
     child = subprocess.Popen([sys.executable, __file__, "--serve", str(n)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
