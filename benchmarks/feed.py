@@ -86,8 +86,11 @@ async def _serve(n: int) -> None:
             writer.write(blob[i:i + (1 << 20)])
             await writer.drain()
         with contextlib.suppress(OSError):
-            while await reader.read(65536):  # until the client hangs up
-                pass
+            while data := await reader.read(65536):  # until the client hangs up...
+                if blob is ws_blob and data[0] & 0x0F == 8:  # ...or sends a close frame
+                    writer.write(b"\x88\x00")  # (answered, so its close is quick)
+                    await writer.drain()
+                    break
         writer.transport.abort()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
