@@ -35,6 +35,7 @@ from rtkit.errors import (
     ServerError,
     TokenExpired,
 )
+from rtkit.feed import Feed, FeedRecord, Gap
 from rtkit.server import Server, serve
 from rtkit.sync import run
 
@@ -61,6 +62,9 @@ __all__ = [
     "ContinuityLoss",
     "ContinuityLost",
     "Disconnected",
+    "Feed",
+    "FeedRecord",
+    "Gap",
     "InvalidCredentials",
     "LimitExceeded",
     "Message",

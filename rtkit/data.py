@@ -67,8 +67,9 @@ class MessageRecorder:
             "timestamp": utc_ns(pd.Series([m.timestamp for m, _ in rows], dtype="int64"),
                                 "ms"),
             "received": utc_ns(pd.Series([t for _, t in rows], dtype="float64"), "s"),
-            "latency_ms": pd.Series([t * 1000 - m.timestamp for m, t in rows],
-                                    dtype="float64"),
+            # A feed's record without a time of its own has no latency (NaN).
+            "latency_ms": pd.Series([t * 1000 - m.timestamp if getattr(m, "source_time", True)
+                                     else float("nan") for m, t in rows], dtype="float64"),
         }, columns=MESSAGE_COLUMNS)
         if flatten and rows:
             expanded = pd.json_normalize([m.data if isinstance(m.data, dict) else

@@ -45,3 +45,16 @@ def test_widgets_smoke_run_bounds_redraws() -> None:
     for row in rows:
         assert float(row[3]) <= 25 and float(row[4]) <= 25  # bounded by the 20/s rate
         assert row[-1] == "yes"
+
+
+def test_feed_smoke_run_prints_ratios_against_websockets() -> None:
+    result = subprocess.run([sys.executable, str(BENCH / "feed.py"), "--quick"],
+                            capture_output=True, text=True, timeout=scaled(120))
+    assert result.returncode == 0, result.stderr
+    rows = {line[:26].strip(): line[26:].split() for line in result.stdout.splitlines()
+            if line.startswith(("websockets", "Feed"))}
+    assert set(rows) == {"websockets, count only", "websockets + json", "Feed (ws)",
+                         "Feed (ws) + sequences", "Feed (sse)"}
+    assert all(float(r[0].replace(",", "")) > 0 for r in rows.values())
+    assert rows["websockets + json"][-1] == "1.00x"
+    assert result.stdout.splitlines()[-1].startswith("ratios: Feed (ws)=")

@@ -80,3 +80,18 @@ t.join(10)
 print(got)
 """)
     assert out.strip() == "[1]"
+
+
+def test_rerunning_a_feed_cell_closes_the_previous_feed_and_replay_server(kernel: Any) -> None:
+    cell = ("from rtkit.feed import replay\n"
+            "wiki = replay.recent_changes(rate=50)\n"
+            "feed = rtkit.Feed(wiki.url)\n"
+            "await feed.connect()\n"
+            "made = globals().setdefault('made', [])\n"
+            "made.append((wiki, feed))\n")
+    run_cell(kernel, cell)
+    run_cell(kernel, cell)
+    out = run_cell(kernel, "import asyncio\nawait asyncio.sleep(0.3)\n"
+                           "print([(w.running, f.state.value) for w, f in made])")
+    assert out.strip() == "[(False, 'closed'), (True, 'connected')]"
+    run_cell(kernel, "await made[-1][1].close()\nmade[-1][0].stop()")
