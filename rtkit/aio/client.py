@@ -340,7 +340,7 @@ class Client(Observable):
     async def _connect(self, link: WebSocketLink, link_id: int) -> None:
         try:
             await link.connect()
-        except Exception as exc:  # noqa: BLE001 - any failure to connect is retried
+        except Exception as exc:  # any failure to connect is retried
             if not isinstance(exc, RtkitError):
                 log.warning("unexpected error while connecting to %s", self.url,
                             exc_info=exc)

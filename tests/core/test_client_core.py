@@ -171,7 +171,7 @@ def test_a_token_is_fetched_when_needed_and_the_attempt_waits_for_it() -> None:
     config = ClientConfig(url="ws://test", renewable=True, auth_timeout=1.0)
     c = ClientCore(config, 0.0, random.Random(1), wall_offset=WALL_START)
     c.connect(0.0)
-    [state, fetch] = c.take()
+    [_, fetch] = c.take()
     assert isinstance(fetch, ev.FetchToken)
     c.timer(1.5)  # the callback hangs: the fetch times out, the attempt fails
     out = c.take()
