@@ -28,7 +28,10 @@ class Backoff:
     """
 
     base: float = 0.5
-    cap: float = 15.0
+    #: Small on purpose: a client retries at least every ``cap`` seconds while disconnected,
+    #: so it is back soon after the link returns (the suspended state's slower retry, after
+    #: connection_state_ttl, is what spares a broker that stays away).
+    cap: float = 2.0
     factor: float = 2.0
     jitter: Jitter = "full"
 
