@@ -383,6 +383,12 @@ class ChannelCore:
     def report(self, loss: ContinuityLoss) -> None:
         self._emit(Lost(loss))
 
+    def forget(self, op: int) -> None:
+        """``op`` timed out: stop waiting for it."""
+        self.attach_waiters = [(o, s) for o, s in self.attach_waiters if o != op]
+        if op in self.detach_waiters:
+            self.detach_waiters.remove(op)
+
     # ---------------------------------------------------------------- closing
 
     def clear(self) -> list[int]:

@@ -120,7 +120,7 @@ async def test_a_known_expired_token_is_never_presented() -> None:
                               **FAST)
         await within(client.connect())
         # No renewal: the token will expire while we are away.
-        client._core._renewal_due = lambda now: None  # type: ignore[method-assign]
+        client._core.renewal.due = lambda now: None  # type: ignore[method-assign]
         px.refuse(1.5)
         px.drop_all()
         await within(client.wait_for_state(S.DISCONNECTED))
