@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,5 +140,12 @@ def test_fault_panel_drop_shows_in_the_badge_and_the_plot_goes_on(
         time.sleep(1.0)
         assert line.get_attribute("d") != second, "the plot stopped after the recovery"
         assert not panel_problems(page) and not plot_problems(page)
+        # no "Would you like to receive official Jupyter news?" (make lab's settings)
+        toasts = page.locator(".Toastify__toast").all_text_contents()
+        assert not any("news" in t.lower() for t in toasts), toasts
+        setting = f"{url}/lab/api/settings/@jupyterlab/apputils-extension:notification"
+        with urllib.request.urlopen(setting, timeout=10) as r:
+            schema = json.loads(r.read())["schema"]  # overrides become the defaults
+        assert schema["properties"]["fetchNews"]["default"] == "false"
     finally:
         shutdown_kernels(url)
