@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make lab   - create .venv if missing, then start JupyterLab on notebooks/
+#   make lab   - create .venv if missing, then start JupyterLab on my-notebooks/, a git-ignored
+#                working copy of notebooks/ (each original copied there when its copy is missing)
 #   make test  - create .venv if missing, then lint, type-check and run the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -7,6 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rtkit-installed
 PORT ?= 8888
+LAB_DIR ?= my-notebooks
 PYTEST_ARGS ?=
 
 .PHONY: lab test lint typecheck bench browser clean
@@ -19,12 +21,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-# --allow-root: workshop machines and containers often run as root; JupyterLab refuses
-# to start as root without it.
+# Learners work in $(LAB_DIR)/, never in the tracked notebooks/: JupyterLab autosaves outputs,
+# which would turn every `git pull` into a merge conflict. scripts/lab.py makes the copies,
+# silences JupyterLab's news pop-up and starts it on 127.0.0.1:$(PORT) (a busy port fails
+# rather than moving: PORT=8890 make lab).
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 \
-		--ServerApp.port=$(PORT) --ServerApp.port_retries=0 --LabApp.news_url=None \
-		--allow-root
+	$(BIN)/python scripts/lab.py --dir $(LAB_DIR) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check rtkit tests benchmarks scripts

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from rtkit._netaddr import listening_lines
 from rtkit.aio.broker import Broker
 from rtkit.core.broker import BrokerConfig
 from rtkit.core.tokens import ApiKey, issue_token
@@ -58,7 +59,9 @@ async def _serve(args: argparse.Namespace) -> None:
     )
     broker = Broker(config, ApiKey.parse(args.key) if args.key else None)
     await broker.start(args.host, args.port)
-    print(f"rtkit broker listening on {broker.url}", flush=True)
+    # --host 0.0.0.0: print the addresses participants can use, not ws://0.0.0.0
+    for line in listening_lines(args.host, broker.port, broker.url):
+        print(line, flush=True)
     print(f"root key: {broker.root_key.value}", flush=True)
     print("press Ctrl-C to stop", file=sys.stderr, flush=True)
     stop = asyncio.Event()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from rtkit import _rerun
 from rtkit.core.frames import Message
 
 if TYPE_CHECKING:
@@ -46,12 +47,22 @@ class MessageRecorder:
             listener(msg, now)
 
     async def attach(self, channel: Channel) -> MessageRecorder:
+        """Record ``channel``'s messages from now on. In a notebook, running the cell again
+        stops the recorder it made the time before."""
         self._subscription = await channel.subscribe(self)
+        _rerun.replace_previous("recorder", self, MessageRecorder.close)
         return self
 
     async def stop(self) -> None:
+        """Stop recording (and detach the channel if nothing else listens)."""
         if self._subscription is not None:
             await self._subscription.unsubscribe()
+            self._subscription = None
+
+    def close(self) -> None:
+        """Stop recording now (sync; the rows recorded so far stay)."""
+        if self._subscription is not None:
+            self._subscription.close()
             self._subscription = None
 
     def dataframe(self, flatten: bool = False) -> pd.DataFrame:
@@ -98,14 +109,16 @@ def states_frame(client: Observable) -> pd.DataFrame:
         "reason": pd.Series([c.reason for c in history], dtype="string"),
         "error_code": pd.Series([c.error.code if c.error else None for c in history],
                                 dtype="Int64"),
-        "previous_lasted_s": pd.Series(durations, dtype="float64"),
+        "previous_lasted_s": pd.Series(durations, dtype="float64").round(3),
     })
     return frame
 
 
 def utc_ns(values: pd.Series[Any], unit: Literal["s", "ms"]) -> pd.Series[Any]:
-    """Epoch numbers as ``datetime64[ns, UTC]`` (pandas may otherwise pick another unit)."""
-    return pd.to_datetime(values, unit=unit, utc=True).astype("datetime64[ns, UTC]")
+    """Epoch numbers as ``datetime64[ns, UTC]`` (pandas may otherwise pick another unit),
+    to the millisecond: the clock's nanoseconds are noise and make tables unreadable."""
+    return pd.to_datetime(values, unit=unit, utc=True).astype("datetime64[ns, UTC]") \
+        .dt.floor("ms")
 
 
 def numeric(value: Any) -> float | None:

@@ -11,7 +11,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends chromium >/dev/null
-  /usr/bin/chromium --version
+  /usr/bin/chromium --version 2>/dev/null || true
   exit 0
 fi
 if [ "${CI:-}" = "true" ]; then

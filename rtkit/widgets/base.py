@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import html
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -53,6 +54,28 @@ class RedrawGate:
         return True
 
 
+#: Readable tables in every widget: room between columns, small header text, no wrapping
+#: of short cells (scoped to rtkit's own tables).
+TABLE_CSS = (
+    "<style>.rtkit-table{border-collapse:collapse;font-size:12px}"
+    ".rtkit-table th,.rtkit-table td{padding:2px 10px 2px 0;text-align:left;"
+    "vertical-align:top;white-space:nowrap}"
+    ".rtkit-table th{font-weight:600;color:#555;border-bottom:1px solid #ccc}"
+    ".rtkit-table td.rtkit-wrap{white-space:normal}</style>")
+
+
+def scroll_box(inner: str, max_height: str) -> str:
+    """``inner`` in a box of bounded height that scrolls (so a growing table never pushes
+    the widgets below it off the screen)."""
+    return (f'<div class="rtkit-scroll" style="max-height:{max_height};overflow-y:auto">'
+            f"{inner}</div>")
+
+
+def clock(at: float) -> str:
+    """Local wall-clock time with milliseconds: ``14:03:07.215``."""
+    return time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
+
+
 def badge(state: str) -> str:
     color = COLORS.get(state, "#6c757d")
     return (f'<span class="rtkit-badge rtkit-state-{state}" style="background:{color};'
@@ -74,6 +97,11 @@ def ok_html(text: str) -> str:
 class LiveWidget(w.VBox):  # type: ignore[misc]
     """A VBox that redraws itself at a bounded rate while open."""
 
+    # class defaults: close() also works on a widget whose __init__ raised (bad arguments)
+    _closed = False
+    _task: asyncio.Task[None] | None = None
+    _cleanups: list[Callable[[], Any]] = []  # noqa: RUF012 - replaced per instance
+
     def __init__(self, children: list[Any], rate: float = 20.0, **kwargs: Any) -> None:
         super().__init__(children=children, **kwargs)
         self.gate = RedrawGate(rate)
@@ -86,6 +114,7 @@ class LiveWidget(w.VBox):  # type: ignore[misc]
             self._loop = None  # no loop (a plain script): call refresh() to redraw
         if self._loop is not None:
             self._task = self._loop.create_task(self._redraw_forever())
+            self.add_class("rtkit-live")  # the browser tests look for live widgets
         _rerun.replace_previous("widget", self, LiveWidget.close)
 
     # subclasses implement render(); it must be cheap and idempotent
@@ -168,11 +197,16 @@ class LiveWidget(w.VBox):  # type: ignore[misc]
         """Start redrawing again after :meth:`stop` (e.g. the client connects again)."""
         if not self.running and not self._closed and self._loop is not None:
             self._task = self._loop.create_task(self._redraw_forever())
+            self.remove_class("rtkit-stopped")
+            self.add_class("rtkit-live")
 
     def stop(self) -> None:
         """Stop redrawing and unsubscribe, but keep showing the last state."""
         if self._task is not None:
             self._task.cancel()
+        if not self._closed:
+            self.remove_class("rtkit-live")
+            self.add_class("rtkit-stopped")
         cleanups, self._cleanups = self._cleanups, []
         for fn in cleanups:
             with contextlib.suppress(Exception):

@@ -11,7 +11,16 @@ import ipywidgets as w
 
 from rtkit.aio.client import Client
 from rtkit.core.states import StateChange
-from rtkit.widgets.base import LiveWidget, badge, error_html, ok_html
+from rtkit.errors import RtkitError
+from rtkit.widgets.base import (
+    TABLE_CSS,
+    LiveWidget,
+    badge,
+    clock,
+    error_html,
+    ok_html,
+    scroll_box,
+)
 
 
 @dataclass(frozen=True)
@@ -37,11 +46,18 @@ def timeline(history: list[StateChange], limit: int = 12) -> list[TimelineRow]:
 
 class ConnectionPanel(LiveWidget):
     """Shows ``client``'s state (coloured badge), its transitions with reasons and how long
-    each state lasted, the heartbeat round-trip, and Connect / Close / Reconnect buttons."""
+    each state lasted, the heartbeat round-trip, and Connect / Close / Reconnect buttons.
 
-    def __init__(self, client: Client, rows: int = 12, rate: float = 10.0) -> None:
+    The timeline keeps the latest ``rows`` transitions in a box ``height`` high that scrolls,
+    so a long outage never pushes the widgets below off the screen. The round-trip time is
+    measured once on each connection (a ``ping``) and then by every heartbeat.
+    """
+
+    def __init__(self, client: Client, rows: int = 12, rate: float = 10.0,
+                 height: str = "9.5em") -> None:
         self.client = client
         self.rows = rows
+        self.height = height
         self.badge = w.HTML()
         self.info = w.HTML()
         self.table = w.HTML()
@@ -56,6 +72,7 @@ class ConnectionPanel(LiveWidget):
         super().__init__([w.HBox([self.badge, self.info]), buttons, self.status, self.table],
                          rate=rate)
         self.add_class("rtkit-connection-panel")
+        self._pinged: str | None = None  # the connection whose RTT we measured
         self.on_cleanup(client.on_state_change(lambda _: self.changed()))
         self.follow(client)
         self._last_second = 0
@@ -78,7 +95,21 @@ class ConnectionPanel(LiveWidget):
         self.status.value = error_html(exc)
         self.changed()
 
+    def _measure_rtt(self) -> None:
+        """Ping once per connection, so the RTT shows at once rather than after the first
+        heartbeat (which may be many seconds away)."""
+        c = self.client
+        if c.state.value != "connected" or c.connection_id == self._pinged:
+            return
+        self._pinged = c.connection_id
+        self.run(c.ping(), done=lambda _: self.changed(), failed=self._ping_failed)
+
+    def _ping_failed(self, exc: BaseException) -> None:
+        if not isinstance(exc, RtkitError):  # a dropped link: the next connection pings
+            self.status.value = error_html(exc)
+
     def tick(self) -> None:
+        self._measure_rtt()
         second = int(time.time())
         if second != self._last_second:  # durations and RTT move on their own
             self._last_second = second
@@ -96,11 +127,11 @@ class ConnectionPanel(LiveWidget):
             f"<code>{html.escape(c.client_id or '–')}</code> · heartbeat RTT {rtt}"
             f" · queued publishes {c.queued_publishes}</span>")
         body = "".join(
-            f"<tr><td>{time.strftime('%H:%M:%S', time.localtime(r.at))}"
-            f".{int(r.at * 1000) % 1000:03d}</td><td>{r.previous} → {badge(r.state)}</td>"
+            f"<tr><td>{clock(r.at)}</td><td>{r.previous} → {badge(r.state)}</td>"
             f"<td>{r.lasted:.2f} s</td><td>{r.code or ''}</td>"
-            f"<td>{html.escape(r.reason)}</td></tr>"
+            f'<td class="rtkit-wrap">{html.escape(r.reason)}</td></tr>'
             for r in timeline(c.state_history, self.rows))
-        self.table.value = (
-            '<table class="rtkit-timeline"><tr><th>time</th><th>transition</th>'
-            "<th>previous lasted</th><th>code</th><th>reason</th></tr>" + body + "</table>")
+        self.table.value = TABLE_CSS + scroll_box(
+            '<table class="rtkit-table rtkit-timeline"><tr><th>time</th><th>transition</th>'
+            '<th title="how long the previous state lasted">after</th><th>code</th>'
+            "<th>reason</th></tr>" + body + "</table>", self.height)

@@ -52,6 +52,9 @@ class FaultPanel(LiveWidget):
             w.HBox([self.latency, self.jitter]), self.bandwidth, self.counters, self.status,
         ], rate=rate)
         self.add_class("rtkit-fault-panel")
+        for button in (self.drop_button, self.heal_button, self.block, self.blackhole_button,
+                       self.refuse_button):
+            button.layout.width = "auto"  # never cut a label, even in a narrow column
         self.refresh()
 
     def _do(self, what: str, action: object) -> None:

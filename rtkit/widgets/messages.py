@@ -13,7 +13,7 @@ from rtkit.aio.channel import Channel
 from rtkit.aio.subscription import Subscription
 from rtkit.core.frames import Message
 from rtkit.data import MessageRecorder
-from rtkit.widgets.base import LiveWidget
+from rtkit.widgets.base import TABLE_CSS, LiveWidget
 
 
 def short(data: Any, limit: int = 80) -> str:
@@ -58,7 +58,8 @@ class MessageLog(LiveWidget):
             f"<td>{html.escape(m.client_id or '')}</td>"
             f"<td>{max(0.0, t * 1000 - m.timestamp):.1f}</td></tr>"
             for m, t in reversed(self.recorder.rows))
-        self.table.value = (
-            '<table class="rtkit-messages"><tr><th>serial</th><th>channel</th><th>name</th>'
-            "<th>data</th><th>publisher</th><th>latency ms</th></tr>" + body + "</table>")
+        self.table.value = TABLE_CSS + (
+            '<table class="rtkit-table rtkit-messages"><tr><th>serial</th><th>channel</th>'
+            "<th>name</th><th>data</th><th>publisher</th><th>latency ms</th></tr>"
+            + body + "</table>")
         self.counter.value = f"{self.recorder.count} messages received"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,7 @@ from rtkit.widgets import (
     ConnectionPanel,
     DeliveryReport,
     FaultPanel,
+    Feed,
     LivePlot,
     MessageLog,
     PresenceList,
@@ -168,6 +170,9 @@ async def test_token_inspector_countdown_renew_and_expire(srv: rtkit.Server) -> 
                                  for h in c.state_history))
     await within(c.wait_for_state(S.CONNECTED))
     assert "expired the token of 1" in inspector.status.value
+    inspector.refresh()
+    for kind in ("expired", "disconnected", "connected"):  # what the learner sees happen
+        assert f"<b>{kind}</b>" in inspector.events.value
     bare = TokenInspector(token=srv.issue_token(client_id="solo", ttl=60))
     assert "solo" in bare.view.value and bare.renew_button.disabled
     inspector.close()
@@ -208,7 +213,8 @@ async def test_delivery_report_and_presence(client: rtkit.Client, srv: rtkit.Ser
     await eventually(lambda: audit.totals()["delivered"] == 3)
     report.refresh()
     assert "<td>me</td>" in report.table.value
-    assert list(report.bars.y)[:2] == [3, 3]
+    assert "<b>3</b> delivered" in report.headline.value
+    assert "<b>0</b> pending" in report.headline.value and "<b>0</b> lost" in report.headline.value
     presence = await PresenceList(client.channel("room")).start()
     async with rtkit.Client(srv.url, key=srv.root_key, client_id="ana") as ana:
         await ana.channel("room").presence.enter({"mood": "ok"})
@@ -241,3 +247,97 @@ def test_without_a_loop_widgets_redraw_on_request() -> None:
         panel = ConnectionPanel(c)
         assert not panel.running and "initialized" in panel.badge.value
         panel.close()
+
+
+async def test_feed_runs_until_stopped_and_shows_errors_in_one_line(
+        client: rtkit.Client) -> None:
+    sent: list[int] = []
+
+    async def ticks() -> None:
+        while True:
+            await client.channel("f").publish("t", len(sent))
+            sent.append(1)
+            await asyncio.sleep(0.01)
+
+    feed = Feed(ticks)
+    await eventually(lambda: len(sent) >= 3)
+    feed.refresh()
+    assert feed.active and "ticks</b> running" in feed.label.value
+    assert feed.button.description == "Stop"
+    feed.button.click()  # Stop
+    assert not feed.active and "stopped after" in feed.label.value
+    count = len(sent)
+    await asyncio.sleep(0.05)
+    assert len(sent) == count and feed.button.description == "Start"
+    feed.button.click()  # Start again
+    await eventually(lambda: len(sent) > count)
+    await client.close()  # the source fails: shown in the widget, not as a traceback
+    await eventually(lambda: not feed.active)
+    feed.refresh()
+    assert "80001" in feed.label.value and "rtkit-error" in feed.label.value
+    feed.close()
+    assert feed.closed and not feed.running
+
+    later = Feed(ticks, name="later", start=False)
+    assert not later.active and "later</b> not started" in later.label.value
+    later.close()
+
+
+async def test_live_plot_separate_axes_anchor_and_bounded_drawing(
+        client: rtkit.Client) -> None:
+    now = int(time.time() * 1000)
+    plot = LivePlot(client.channel("p"), ["a", "b"], y_axes="separate", window=5)
+    plot.add(rtkit.Message("1", "p", "t", {"a": 100.0, "b": 1.0}, 1, now))
+    plot.add(rtkit.Message("2", "p", "t", {"a": 101.0, "b": 2.0}, 2, now))
+    plot.refresh()
+    assert plot.y_scales["a"] is not plot.y_scales["b"]
+    assert plot.y_scales["a"].min < 100 < 101 < plot.y_scales["a"].max < 110
+    assert plot.y_scales["b"].min < 1 < 2 < plot.y_scales["b"].max < 10
+    sides = [axis.side for axis in plot.figure.axes[1:]]
+    assert sides == ["left", "right"]
+    plot.close()
+
+    burst = LivePlot(client.channel("q"), ["v"], window=3, anchor="latest", max_points=5000,
+                     max_drawn=100)
+    old = now - 60_000  # a burst that ended a minute ago stays on screen
+    for i in range(5000):
+        burst.add(rtkit.Message(f"m{i}", "q", "t", {"v": float(i)}, i + 1, old + i // 2))
+    burst.refresh()
+    x, y = burst.marks["v"].x, burst.marks["v"].y
+    assert len(y) == 100 and float(y[0]) == 0.0 and float(y[-1]) == 4999.0
+    assert float(x[-1]) == 0.0 and -3 <= float(x[0]) < -2
+    assert "latest message" in burst.figure.axes[0].label
+    burst.close()
+    for bad in ({"y_axes": "twin"}, {"anchor": "then"}, {"window": 0}, {"max_drawn": 1}):
+        with pytest.raises(ValueError):
+            LivePlot(client.channel("q"), ["v"], **bad)
+
+
+async def test_connection_panel_measures_rtt_at_once_and_bounds_its_timeline(
+        client: rtkit.Client) -> None:
+    client.last_rtt = None  # as just after connecting: no heartbeat yet
+    panel = ConnectionPanel(client, height="7em")
+    await eventually(lambda: client.last_rtt is not None, what="a ping on connect")
+    panel.refresh()
+    assert "heartbeat RTT –" not in panel.info.value and " ms" in panel.info.value
+    assert 'max-height:7em;overflow-y:auto' in panel.table.value
+    assert "<th>after</th>" not in panel.table.value and ">after</th>" in panel.table.value
+    assert re.search(r"<td>\d\d:\d\d:\d\d\.\d{3}</td>", panel.table.value)
+    assert "rtkit-live" in panel._dom_classes
+    await client.close()
+    await eventually(lambda: "rtkit-stopped" in panel._dom_classes)
+    panel.close()
+
+
+async def test_recorder_closes_and_states_frame_is_readable(client: rtkit.Client) -> None:
+    rec = await rtkit.data.record(client.channel("r"))
+    await client.channel("r").publish("x", 1)
+    await eventually(lambda: rec.count == 1)
+    rec.close()
+    await client.channel("r").publish("x", 2)
+    await asyncio.sleep(0.05)
+    assert rec.count == 1 and len(rec.dataframe()) == 1
+    frame = rtkit.data.states_frame(client)
+    assert (frame["at"].dt.microsecond % 1000 == 0).all()  # to the millisecond
+    assert (frame["at"].dt.nanosecond == 0).all()
+    assert all(round(v, 3) == v for v in frame["previous_lasted_s"])
