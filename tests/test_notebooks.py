@@ -71,7 +71,7 @@ def test_run_all_leaves_a_living_notebook(path: Path) -> None:
     assert "Shut Down Kernel" in source(last)
     text = "\n".join(source(c) for c in cells if c["cell_type"] == "code")
     if "LivePlot(" in text:
-        assert "Feed(" in text, "a live plot needs data that keeps coming"
+        assert "Producer(" in text, "a live plot needs data that keeps coming"
 
 
 def test_every_solution_belongs_to_a_notebook() -> None:

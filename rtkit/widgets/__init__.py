@@ -8,10 +8,10 @@ from rtkit.widgets.base import LiveWidget, RedrawGate
 from rtkit.widgets.connection import ConnectionPanel
 from rtkit.widgets.dashboard import Dashboard, dashboard
 from rtkit.widgets.faults import FaultPanel
-from rtkit.widgets.feed import Feed
 from rtkit.widgets.messages import MessageLog
 from rtkit.widgets.plot import LivePlot
 from rtkit.widgets.presence import PresenceList
+from rtkit.widgets.producer import Producer
 from rtkit.widgets.publisher import Publisher
 from rtkit.widgets.report import DeliveryReport
 from rtkit.widgets.token import TokenHistory, TokenInspector
@@ -21,11 +21,11 @@ __all__ = [
     "Dashboard",
     "DeliveryReport",
     "FaultPanel",
-    "Feed",
     "LivePlot",
     "LiveWidget",
     "MessageLog",
     "PresenceList",
+    "Producer",
     "Publisher",
     "RedrawGate",
     "TokenHistory",

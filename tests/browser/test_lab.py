@@ -88,7 +88,7 @@ def test_run_all_twice_leaves_a_living_notebook(lab: tuple[str, Any, Path], name
 
 FAULTS = [
     "import asyncio, rtkit\n"
-    "from rtkit.widgets import ConnectionPanel, FaultPanel, Feed, LivePlot\n"
+    "from rtkit.widgets import ConnectionPanel, FaultPanel, LivePlot, Producer\n"
     "server = rtkit.serve(heartbeat_interval=0.5)\n"
     "proxy = rtkit.chaos.proxy(server)\n"
     "client = rtkit.Client(proxy.url, key=server.root_key, heartbeat_grace=0.5,\n"
@@ -106,7 +106,7 @@ FAULTS = [
     "        await feeder.channel('ticks').publish('tick', {'v': (i % 20) ** 1.5})\n"
     "        i += 1\n"
     "        await asyncio.sleep(0.05)\n"
-    "Feed(feed)",
+    "Producer(feed)",
 ]
 
 

@@ -16,10 +16,10 @@ from rtkit.widgets import (
     ConnectionPanel,
     DeliveryReport,
     FaultPanel,
-    Feed,
     LivePlot,
     MessageLog,
     PresenceList,
+    Producer,
     Publisher,
     RedrawGate,
     TokenInspector,
@@ -259,7 +259,7 @@ async def test_feed_runs_until_stopped_and_shows_errors_in_one_line(
             sent.append(1)
             await asyncio.sleep(0.01)
 
-    feed = Feed(ticks)
+    feed = Producer(ticks)
     await eventually(lambda: len(sent) >= 3)
     feed.refresh()
     assert feed.active and "ticks</b> running" in feed.label.value
@@ -278,7 +278,7 @@ async def test_feed_runs_until_stopped_and_shows_errors_in_one_line(
     feed.close()
     assert feed.closed and not feed.running
 
-    later = Feed(ticks, name="later", start=False)
+    later = Producer(ticks, name="later", start=False)
     assert not later.active and "later</b> not started" in later.label.value
     later.close()
 
@@ -315,7 +315,7 @@ async def test_live_plot_separate_axes_anchor_and_bounded_drawing(
 
 async def test_connection_panel_measures_rtt_at_once_and_bounds_its_timeline(
         client: rtkit.Client) -> None:
-    client.last_rtt = None  # as just after connecting: no heartbeat yet
+    client._core.last_rtt = None  # as just after connecting: no heartbeat yet
     panel = ConnectionPanel(client, height="7em")
     await eventually(lambda: client.last_rtt is not None, what="a ping on connect")
     panel.refresh()

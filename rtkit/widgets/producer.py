@@ -1,4 +1,4 @@
-"""Feed: a background data source (a simulated ticker, sensor, room...) that runs until you
+"""Producer: a background data source (a simulated ticker, sensor, room...) that runs until you
 stop it, with a Stop / Start button."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from rtkit.widgets.base import LiveWidget, error_html
 log = logging.getLogger("rtkit.widgets")
 
 
-class Feed(LiveWidget):
+class Producer(LiveWidget):
     """Runs ``source()``, an async function that publishes in a loop, in the background.
 
     It starts at once (``start=False``: on the button) and runs until stopped: by its Stop
@@ -30,7 +30,7 @@ class Feed(LiveWidget):
     def __init__(self, source: Callable[[], Awaitable[Any]], name: str | None = None, *,
                  start: bool = True, rate: float = 2.0) -> None:
         self.source = source
-        self.name: str = name or str(getattr(source, "__name__", "feed"))
+        self.name: str = name or str(getattr(source, "__name__", "producer"))
         self.started_at: float | None = None
         self.stopped_at: float | None = None
         self.error: BaseException | None = None
@@ -39,7 +39,7 @@ class Feed(LiveWidget):
         self.button.on_click(lambda _: self.stop() if self.active else self.start())
         self._feed: asyncio.Task[Any] | None = None
         super().__init__([w.HBox([self.button, self.label])], rate=rate)
-        self.add_class("rtkit-feed")
+        self.add_class("rtkit-producer")
         if start:
             self.start()
         self.refresh()
@@ -54,7 +54,7 @@ class Feed(LiveWidget):
         """Run the source (again), if it is not running."""
         if self.active or self.closed or self._loop is None:
             if self._loop is None:
-                log.warning("no running event loop: the feed %s cannot run", self.name)
+                log.warning("no running event loop: the producer %s cannot run", self.name)
             return
         self.restart()
         self.error, self.started_at, self.stopped_at = None, time.time(), None
