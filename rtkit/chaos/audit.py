@@ -9,6 +9,10 @@ what was missed. A message is **lost** only when it can no longer arrive, and th
 - the channel's epoch changed (the broker restarted, or the channel was recreated): every
   message pending then is lost;
 - the audit was closed (:meth:`DeliveryAudit.close`): whatever is still pending is lost.
+
+A :class:`rtkit.Feed` is watched the same way. Nobody publishes to it through the audit, so
+nothing is pending; its gaps are its continuity losses, and the records a gap skipped are
+lost (a gap knows exactly how many: :attr:`rtkit.Gap.missing`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from rtkit.aio.channel import Channel
 from rtkit.aio.subscription import PublishResult, Subscription
 from rtkit.core.continuity import ContinuityLoss
 from rtkit.core.frames import Message
+from rtkit.core.sequence import Gap
 from rtkit.errors import RtkitError
 
 COLUMNS = ["channel", "subscriber", "published", "acked", "failed", "delivered", "pending",
@@ -46,7 +51,8 @@ class _Watch:
     last_serial: int = 0
     pending: dict[str, int] = field(default_factory=dict)  # acked, not yet here: id -> serial
     lost: set[str] = field(default_factory=set)
-    losses: list[ContinuityLoss] = field(default_factory=list)
+    missed: int = 0  # records a feed's gaps skipped (never published through the audit)
+    losses: list[ContinuityLoss | Gap] = field(default_factory=list)
     recent: deque[str] = field(default_factory=deque)
     recent_ids: set[str] = field(default_factory=set)
     subscription: Subscription | None = None
@@ -82,8 +88,10 @@ class _Watch:
         if result.serial > self.start_serial and result.id not in self.recent_ids:
             self.pending[result.id] = result.serial
 
-    def on_loss(self, loss: ContinuityLoss) -> None:
+    def on_loss(self, loss: ContinuityLoss | Gap) -> None:
         self.losses.append(loss)
+        if isinstance(loss, Gap):  # a feed's gap: it says how many records it skipped
+            self.missed += loss.missing
         self.check_epoch()
 
     def settle(self) -> None:
@@ -102,7 +110,9 @@ class _Watch:
 class DeliveryAudit:
     """Counts, per channel and subscriber: published, acked, failed, delivered, pending (acked,
     not received yet), lost (never to arrive: see the module docstring), duplicates dropped
-    (by the client) and seen (by the application), out of order, continuity losses.
+    (by the client) and seen (by the application), out of order, continuity losses. Watch
+    channels or :class:`rtkit.Feed` objects (a feed's gaps count as continuity losses, the
+    records they skipped as lost).
 
     Subscribe through :meth:`watch`, then publish through :meth:`publish`; :meth:`report`
     returns a pandas DataFrame, :meth:`totals` a dict, :meth:`settle` waits until what was
@@ -189,7 +199,7 @@ class DeliveryAudit:
                 "channel": name, "subscriber": w.label,
                 "published": self.published.get(name, 0), "acked": self.acked.get(name, 0),
                 "failed": self.failed.get(name, 0), "delivered": w.delivered,
-                "pending": len(w.pending), "lost": len(w.lost),
+                "pending": len(w.pending), "lost": len(w.lost) + w.missed,
                 "duplicates_dropped": w.channel.duplicates_dropped,
                 "duplicates_seen": w.duplicates_seen, "out_of_order": w.out_of_order,
                 "continuity_lost": len(w.losses),

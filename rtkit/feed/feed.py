@@ -300,6 +300,22 @@ class Feed:
                         tb: TracebackType | None) -> None:
         await self.close()
 
+    async def ping(self) -> float:
+        """Ping the server now and return the round-trip time in seconds (also kept in
+        :attr:`last_rtt`), as :meth:`rtkit.Client.ping` does; the connection panel pings
+        once per connection. WebSocket only: an SSE feed raises :class:`~rtkit.ProtocolError`
+        (40000); a feed that is reconnecting :class:`~rtkit.Disconnected`, a closed one
+        :class:`~rtkit.ConnectionClosed`, and no pong within ``connect_timeout``
+        :class:`~rtkit.RequestTimeout`."""
+        if self.kind == "sse":
+            raise ProtocolError("an SSE feed cannot ping: its liveness is the server's "
+                                "keep-alive comments", code=40000)
+        link = self._supervisor.link
+        if self.state is not S.CONNECTED or link is None:
+            raise (ConnectionClosed if self.state in (S.CLOSED, S.CLOSING, S.INITIALIZED)
+                   else Disconnected)(f"cannot ping: the feed is {self.state.value}")
+        return await link.round_trip(self.connect_timeout)
+
     async def send(self, obj: Any) -> None:
         """Send a message (dicts and lists as JSON, str as text, bytes as binary); waits up
         to ``connect_timeout`` while reconnecting. SSE feeds cannot send."""

@@ -22,7 +22,13 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from rtkit.aio import http
 from rtkit.core import sse
-from rtkit.errors import ConnectionFailed, Disconnected, ProtocolError, RtkitError
+from rtkit.errors import (
+    ConnectionFailed,
+    Disconnected,
+    ProtocolError,
+    RequestTimeout,
+    RtkitError,
+)
 
 log = logging.getLogger("rtkit.feed")
 FrameHandler = Callable[[str | bytes, str, str | None], None]
@@ -77,6 +83,11 @@ class Link(abc.ABC):
     def ping(self) -> None:
         """Send a ping if the transport has them (WebSocket); the pong counts as heard."""
         return
+
+    async def round_trip(self, timeout: float) -> float:
+        """Ping now and return the round-trip time in seconds (WebSocket only)."""
+        raise ProtocolError("a Server-Sent Events feed cannot ping: its liveness is the "
+                            "server's keep-alive comments", code=40000)
 
     async def close(self) -> None:
         self._reason = self._reason or Disconnected("closed by the feed")
@@ -150,20 +161,35 @@ class WebSocketLink(Link):
             raise Disconnected("the connection closed while sending") from None
 
     def ping(self) -> None:
-        ws = self.ws
-        if ws is None or self.lost.done() or (self._pinger and not self._pinger.done()):
+        if self.ws is None or self.lost.done() or (self._pinger and not self._pinger.done()):
             return  # (a pong still awaited: the watchdog judges the silence)
-        self._pinger = asyncio.get_running_loop().create_task(self._ping(ws))
+        self._pinger = asyncio.get_running_loop().create_task(self._ping())
 
-    async def _ping(self, ws: ClientConnection) -> None:
+    async def _ping(self) -> None:
+        with contextlib.suppress(Disconnected):
+            await self._measure()
+
+    async def round_trip(self, timeout: float) -> float:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._measure()
+        except TimeoutError:
+            raise RequestTimeout(f"no pong within {timeout:g} s") from None
+
+    async def _measure(self) -> float:
+        """One ping and its pong: the round trip (raises Disconnected if the link ends)."""
+        ws = self.ws
+        if ws is None or self.lost.done():
+            raise Disconnected("the feed is not connected")
         start = time.perf_counter()
         try:
             waiter = await ws.ping()
             await waiter
         except ConnectionClosed:
-            return
-        self.last_rtt = time.perf_counter() - start
+            raise Disconnected("the connection closed before the pong") from None
+        self.last_rtt = rtt = time.perf_counter() - start
         self._on_heard()
+        return rtt
 
     def _abort_transport(self) -> None:
         if self.ws is not None and self.ws.transport is not None:

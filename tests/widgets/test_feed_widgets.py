@@ -95,9 +95,17 @@ async def test_delivery_audit_and_report_count_a_feed(feed: rtkit.Feed,
     totals = audit.totals()
     assert totals["delivered"] >= 10 and totals["duplicates_dropped"] == 1
     assert totals["continuity_lost"] == 1 and totals["out_of_order"] == 0
-    assert totals["duplicates_seen"] == 0 and totals["lost"] == 0
+    # the 2 skipped records are lost for good; nothing is published through the audit, so
+    # nothing is pending
+    assert totals["duplicates_seen"] == 0 and totals["lost"] == 2 and totals["pending"] == 0
     report.refresh()
-    assert "ticker" in report.table.value and report.bars.y[-1] == 1
+    assert "ticker" in report.table.value
+    assert '<b>2</b> lost' in report.headline.value
+    assert '<b>1</b> continuity lost' in report.headline.value
+    assert report.lines.y[1][-1] == 2 and report.lines.y[0][-1] == 0  # lost, pending
+    await within(audit.settle())  # nothing pending: settles at once
+    audit.close()
+    assert audit.totals()["lost"] == 2  # final
     report.close()
 
 
@@ -112,6 +120,7 @@ async def test_connection_panel_drives_a_feed(feed: rtkit.Feed) -> None:
     await eventually(lambda: feed.last_rtt is not None)
     panel.refresh()
     assert "heartbeat RTT –" not in panel.info.value
+    assert panel.running and "rtkit-error" not in panel.status.value
     await within(panel.act("close"))
     await eventually(lambda: "rtkit-state-closed" in panel.badge.value)
     assert not panel.running
@@ -132,3 +141,23 @@ def test_latency_is_nan_only_without_a_record_time() -> None:
             rec(item)  # type: ignore[arg-type]
     frame = rec.dataframe()
     assert frame["latency_ms"].iloc[0] > 0 and math.isnan(frame["latency_ms"].iloc[1])
+
+
+async def test_a_websocket_feed_pings_like_a_client_and_an_sse_feed_says_it_cannot(
+        feed: rtkit.Feed) -> None:
+    rtt = await within(feed.ping())
+    assert 0 <= rtt < 5 and feed.last_rtt == rtt
+    with replay.recent_changes(rate=20, seed=4) as wiki:
+        async with rtkit.Feed(wiki.url) as changes:
+            with pytest.raises(rtkit.ProtocolError) as refused:
+                await changes.ping()
+            assert refused.value.code == 40000
+            panel = ConnectionPanel(changes)  # no RTT to show, and no error either
+            await eventually(lambda: panel._pinged is not None)
+            panel.refresh()
+            assert "heartbeat RTT –" in panel.info.value
+            assert "rtkit-error" not in panel.status.value and panel.running
+            panel.close()
+    await feed.close()
+    with pytest.raises(rtkit.ConnectionClosed):
+        await feed.ping()
