@@ -139,6 +139,7 @@ class Service:
         self._pump: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
+        self._sse_transports: set[asyncio.WriteTransport] = set()  # every SSE connection
         self.host, self.port = "", 0
 
     # ---------------------------------------------------------------- running
@@ -163,10 +164,18 @@ class Service:
         if self._server is not None:
             self._server.close()
         self.drop_all(count=False)
-        for task in list(self._handlers):
-            task.cancel()
-        if self._handlers:
-            await asyncio.gather(*self._handlers, return_exceptions=True)
+        # End SSE handlers by closing their connections, not by cancelling them: Python
+        # 3.11's start_server calls exception() on a cancelled handler task and logs a
+        # spurious "Exception in callback" traceback (printed under a notebook's cell).
+        for transport in list(self._sse_transports):
+            transport.abort()
+        handlers = list(self._handlers)
+        if handlers:
+            _, pending = await asyncio.wait(handlers, timeout=1.0)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
@@ -297,6 +306,7 @@ class Service:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
+        self._sse_transports.add(writer.transport)
         conn = h11.Connection(h11.SERVER)
         peer: Peer | None = None
         try:
@@ -328,6 +338,7 @@ class Service:
             if peer is not None:
                 self.peers.pop(peer.id, None)
             writer.transport.abort()
+            self._sse_transports.discard(writer.transport)
             self._handlers.discard(task)
 
 

@@ -100,3 +100,24 @@ async def test_a_feed_that_cannot_connect_is_suspended_but_keeps_trying() -> Non
                                                   if c.current is S.SUSPENDED)
     await feed.close()
     assert feed.state is S.CLOSED
+
+
+async def test_stopping_a_server_with_clients_connected_logs_no_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A notebook re-running its set-up cell stops the replay servers under connected feeds:
+    that must not print a traceback under the cell (Python 3.11 logs one for a cancelled
+    ``start_server`` handler)."""
+    wiki = replay.recent_changes(rate=50, seed=7)
+    sky = replay.jetstream(rate=50, seed=7)
+    feeds = [rtkit.Feed(wiki.url, **QUICK), rtkit.Feed(sky.url, **QUICK)]
+    for feed in feeds:
+        await within(feed.connect())
+    await eventually(lambda: all(feed.serial > 3 for feed in feeds))
+    with caplog.at_level("WARNING"):
+        wiki.stop()
+        sky.stop()
+        await eventually(lambda: all(feed.state is not S.CONNECTED for feed in feeds))
+    for feed in feeds:
+        await feed.close()
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], \
+        caplog.text
