@@ -65,7 +65,7 @@ class Producer(LiveWidget):
         try:
             await self.source()
         except Exception as exc:  # shown in the widget; cancellation passes through
-            log.warning("feed %s failed: %s", self.name, exc)
+            log.warning("producer %s failed: %s", self.name, exc)
             self.error = exc
         self.stopped_at = time.time()
         self.refresh()
@@ -87,7 +87,7 @@ class Producer(LiveWidget):
         name = f"<b>{html.escape(self.name)}</b>"
         if self.active and self.started_at is not None:
             self.button.description, self.button.icon = "Stop", "stop"
-            self.label.value = (f'<span class="rtkit-feed-running">{name} running for '
+            self.label.value = (f'<span class="rtkit-producer-running">{name} running for '
                                 f"{time.time() - self.started_at:.0f} s</span>")
             return
         self.button.description, self.button.icon = "Start", "play"
@@ -97,5 +97,5 @@ class Producer(LiveWidget):
             self.label.value = f"{name} not started"
         else:
             ran = (self.stopped_at or time.time()) - self.started_at
-            self.label.value = f'<span class="rtkit-feed-stopped">{name} stopped after ' \
+            self.label.value = f'<span class="rtkit-producer-stopped">{name} stopped after ' \
                                f"{ran:.0f} s</span>"

@@ -161,12 +161,13 @@ PLOTS_JS = """() => [...document.querySelectorAll('.rtkit-live-plot')].map(p => 
   return {title, width: w, height: h, series};
 })"""
 
-#: What must look alive: connection badges, feeds, redraw loops, proxies, token countdowns.
+#: What must look alive: connection badges, producers, redraw loops, proxies, token
+#: countdowns.
 PANELS_JS = """() => ({
   connections: [...document.querySelectorAll('.rtkit-connection-panel')].map(
       p => p.querySelector('.rtkit-badge')?.textContent || '?'),
-  feeds: [...document.querySelectorAll('.rtkit-feed')].map(
-      f => f.querySelector('.rtkit-feed-running') ? 'running' : f.textContent.trim()),
+  producers: [...document.querySelectorAll('.rtkit-producer')].map(
+      f => f.querySelector('.rtkit-producer-running') ? 'running' : f.textContent.trim()),
   stopped: [...document.querySelectorAll('.rtkit-stopped')].map(e => e.className),
   proxies: [...document.querySelectorAll('.rtkit-fault-panel')].map(
       p => p.textContent.includes('proxy stopped') ? 'stopped' : 'running'),
@@ -276,7 +277,8 @@ def panel_problems(page: Any) -> list[str]:
     p = page.evaluate(PANELS_JS)
     problems = [f"connection panel shows {state!r}, not 'connected'"
                 for state in p["connections"] if state != "connected"]
-    problems += [f"feed not running: {text}" for text in p["feeds"] if text != "running"]
+    problems += [f"producer not running: {text}" for text in p["producers"]
+                 if text != "running"]
     problems += [f"a widget stopped updating: {cls}" for cls in p["stopped"]]
     problems += ["fault panel: proxy stopped" for s in p["proxies"] if s != "running"]
     problems += [f"token countdown at {left} s" for left in p["countdowns"] if not left > 0]

@@ -4,13 +4,14 @@ Every tutorial notebook (``notebooks/NN-*.ipynb``, found by name: a new one is c
 without editing this file) is opened fresh in JupyterLab and run with *Run → Run All Cells*.
 When it is done, no cell may show an error (except cells tagged ``raises-exception``) and
 10 s later every LivePlot must still show data inside its axes, every connection panel must
-say "connected" and every feed must be running. Then *Run All* again, in the same kernel,
+say "connected" and every producer must be running. Then *Run All* again, in the same kernel,
 with the same checks. Screenshots go to ``test-output/browser/``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -60,7 +61,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any, Pa
 
 
 def test_the_browser_test_covers_every_tutorial() -> None:
-    assert len(NOTEBOOKS) >= 7 and NOTEBOOKS[0].startswith("01-")
+    listed = re.findall(r"\(notebooks/(\d\d-[\w-]+\.ipynb)\)", (ROOT / "README.md").read_text())
+    assert len(NOTEBOOKS) >= 8 and sorted(set(listed)) == NOTEBOOKS  # the README's tutorials
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
