@@ -8,6 +8,7 @@ clients join over the first second and subscribe to a channel; the broker dies a
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +59,7 @@ def reconnect_storm(clients: int = 2000, *, backoff: Backoff | None = None,
         made.append(c)
 
     for i in range(clients):
-        sim.clock.at(sim.rng.random(), lambda i=i: join(i))
+        sim.clock.at(sim.rng.random(), functools.partial(join, i))
     connected: dict[int, int] = {}
 
     def sample() -> None:
