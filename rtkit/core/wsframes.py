@@ -16,10 +16,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-try:  # the C helper that websockets ships: unmasking at memcpy speed
-    from websockets.speedups import apply_mask as _apply_mask
-except ImportError:  # pragma: no cover - pure Python fallback
-    _apply_mask = None
+from websockets.frames import apply_mask as _apply_mask  # C speedups when available
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -60,12 +57,8 @@ def new_key() -> str:
 
 
 def unmask(data: bytes, mask: bytes) -> bytes:
-    if _apply_mask is not None:
-        return bytes(_apply_mask(data, mask))
-    n = len(data)  # pragma: no cover
-    big = mask * (n // 4 + 1)  # pragma: no cover
-    return (int.from_bytes(data, "big") ^ int.from_bytes(big[:n], "big")).to_bytes(
-        n, "big")  # pragma: no cover
+    """XOR ``data`` with the 4-byte ``mask`` (websockets' C helper)."""
+    return bytes(_apply_mask(data, mask))
 
 
 def _header(opcode: int, length: int, masked: bool, fin: bool = True) -> bytes:
@@ -123,7 +116,7 @@ class FrameReader:
     reads unmasked server frames). ``max_size`` bounds a message (close code 1009).
     """
 
-    __slots__ = ("_buffer", "_fragments", "_frag_op", "_frag_size", "masked", "max_size")
+    __slots__ = ("_buffer", "_frag_op", "_frag_size", "_fragments", "masked", "max_size")
 
     def __init__(self, masked: bool, max_size: int = 1 << 20) -> None:
         self.masked = masked

@@ -15,7 +15,7 @@ from rtkit.core import wsframes as ws
 def chunks(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts})
     out, last = [], 0
-    for p in points + [len(data)]:
+    for p in [*points, len(data)]:
         out.append(data[last:p])
         last = p
     return out
