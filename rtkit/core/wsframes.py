@@ -14,9 +14,15 @@ import base64
 import hashlib
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from websockets.frames import apply_mask as _apply_mask  # C speedups when available
+try:  # websockets' C helper: unmasking at memcpy speed
+    from websockets.speedups import apply_mask as _c_apply_mask
+
+    _apply_mask: Callable[[bytes, bytes], bytes] = _c_apply_mask
+except ImportError:  # pragma: no cover - a build without the C extension
+    from websockets.utils import apply_mask as _apply_mask
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
