@@ -18,9 +18,9 @@ WALL_START = 1_800_000_000.0
 
 @dataclass
 class Load:
-    """What the broker did in one second of virtual time."""
+    """What the broker did in one time bucket (``at`` to ``at + resolution`` seconds)."""
 
-    second: int
+    at: float
     connects: int = 0
     frames_in: int = 0
     frames_out: int = 0
@@ -30,6 +30,8 @@ class Load:
 @dataclass
 class BrokerStats:
     restarts: int = 0
+    #: Seconds per bucket of :attr:`load`.
+    resolution: float = 1.0
     load: dict[int, Load] = field(default_factory=dict)
 
 
@@ -57,10 +59,11 @@ class SimBroker:
         return WALL_START + self.clock.now
 
     def _load(self) -> Load:
-        second = int(self.clock.now)
-        load = self.stats.load.get(second)
+        res = self.stats.resolution
+        bucket = int(self.clock.now / res)
+        load = self.stats.load.get(bucket)
         if load is None:
-            load = self.stats.load[second] = Load(second)
+            load = self.stats.load[bucket] = Load(bucket * res)
         return load
 
     # ---------------------------------------------------------------- links

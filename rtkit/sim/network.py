@@ -177,6 +177,9 @@ class Network:
         self.lost_frames = 0
         self.connects = 0
         self.refused = 0
+        #: Connection attempts per bucket of ``attempt_resolution`` seconds.
+        self.attempts: dict[int, int] = {}
+        self.attempt_resolution = 1.0
 
     def in_flight(self) -> int:
         """Frames sent but not yet delivered, on every open link."""
@@ -193,6 +196,8 @@ class Network:
         refused or the broker is down, or never answers while partitioned."""
         self.connects += 1
         now = self.clock.now
+        bucket = int(now / self.attempt_resolution)
+        self.attempts[bucket] = self.attempts.get(bucket, 0) + 1
         if self.faults.partitions.get(client, 0.0) > now:
             return  # the SYN is lost: the client's connect timeout decides
         rtt = 2 * self.faults.latency
