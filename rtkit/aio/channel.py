@@ -134,16 +134,21 @@ class Channel:
         the client connects (use this with a recovery key so no replayed message is missed).
         """
         client = self._client
-        sub = Subscription(self, callback, event, buffer)
         wait = client.state.value != "initialized"
-        sub_id, op = client._core.subscribe(self.name, client._now(), rewind, wait)
+        try:
+            sub_id, op = client._core.subscribe(self.name, client._now(), rewind, wait)
+        except BaseException:
+            client._pump()
+            raise
+        sub = Subscription(self, callback, event, buffer)
         sub.id = sub_id
         self._subs[sub_id] = sub
-        if op is None:
-            client._pump()
+        done = client._future(op) if op is not None else None
+        client._pump()
+        if done is None:
             return sub
         try:
-            await client._wait_op(op)
+            await done
         except BaseException:
             self._remove(sub)
             raise

@@ -114,6 +114,7 @@ class Client(Observable):
         self._link_id = 0
         self._opener: asyncio.Task[None] | None = None
         self._fetcher: asyncio.Task[None] | None = None
+        self._dying: list[asyncio.Task[None]] = []  # cancelled on close, not yet awaited
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -246,6 +247,8 @@ class Client(Observable):
             if fut is not None and not fut.done():
                 fut.set_exception(item.error)
         elif isinstance(item, ev.StateChanged):
+            if item.change.current is S.CLOSED:
+                self._closed()
             self._notify(item.change)
         else:
             self._handle_rare(item)
@@ -309,20 +312,32 @@ class Client(Observable):
         finally:
             self._pump()
 
-    async def _wait_op(self, op: int) -> Any:
+    def _future(self, op: int) -> asyncio.Future[Any]:
+        """The future of operation ``op`` (create it before pumping the core's outputs)."""
         fut = self._futures.get(op)
         if fut is None:
             fut = self._futures[op] = asyncio.get_running_loop().create_future()
-        return await fut
+        return fut
 
     async def _op(self, start: Callable[[float], int]) -> Any:
-        """Start a core operation and wait for its outcome."""
+        """Start a core operation and wait for its outcome. If the wait is cancelled, the
+        operation is withdrawn when it can still be (a publish not sent yet)."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        op = start(self._now())
-        fut = self._futures[op] = loop.create_future()
+        try:
+            op = start(self._now())
+        except BaseException:
+            self._pump()
+            raise
+        fut = self._future(op)  # before pumping: the outcome may already be there
         self._pump()
-        return await fut
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self._futures.pop(op, None)
+            self._core.withdraw(op, self._now())
+            self._pump()
+            raise
 
     def _new_message_id(self) -> str:
         return f"{self._instance}:{next(self._ids)}"
@@ -416,30 +431,40 @@ class Client(Observable):
 
     async def close(self) -> None:
         """Say goodbye to the broker and stop. Pending publishes fail with ConnectionClosed."""
-        if self.state is S.CLOSED:
-            return
-        if self.state is not S.CLOSING:
+        if self.state is not S.CLOSED and self.state is not S.CLOSING:
             self._call(self._core.close)
         if self.state is S.CLOSING:
             with contextlib.suppress(TimeoutError):
                 await self.wait_for_state(S.CLOSED, S.FAILED, timeout=self.request_timeout)
-        await self._shutdown()
+        dying, self._dying = self._dying, []
+        for task in dying:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
-    async def _shutdown(self) -> None:
+    def _closed(self) -> None:
+        """The core reached ``closed``: end what the driver runs for it (whoever closed).
+        A connect() made later starts afresh."""
         for task in (self._opener, self._fetcher):
             if task is not None and task is not asyncio.current_task() and not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                self._dying.append(task)
         self._opener = self._fetcher = None
         if self._link is not None:
             self._link.abort(ConnectionClosed("closed"))
             self._link = None
+        for channel in self._channels.values():
+            channel._close_all()
+
+    async def _shutdown(self) -> None:
+        """Cut everything now, no goodbye (as a process that dies would)."""
+        self._closed()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = self._timer_at = None
-        for channel in self._channels.values():
-            channel._close_all()
+        dying, self._dying = self._dying, []
+        for task in dying:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def _close_soon(self) -> None:
         with contextlib.suppress(RuntimeError):

@@ -25,7 +25,12 @@ from rtkit.core import frames as fr
 from rtkit.core.client_events import ChannelChanged, Deliver, Lost, OpDone, OpFailed, Output
 from rtkit.core.continuity import ContinuityLoss, Tracker, Verdict
 from rtkit.core.frames import Message
-from rtkit.core.states import ChannelState, ChannelTrigger, channel_transition
+from rtkit.core.states import (
+    CHANNEL_TRANSITIONS,
+    ChannelState,
+    ChannelTrigger,
+    channel_transition,
+)
 from rtkit.errors import RtkitError
 
 CS = ChannelState
@@ -78,6 +83,9 @@ class ChannelCore:
         self.tracker = Tracker(name)
         self.subs: dict[int, Sub] = {}
         self.explicit = False  # attach() was called
+        #: Restored from a recovery key: wanted until the application decides (its first
+        #: subscription, attach or detach).
+        self.restored = False
         self.held = False  # detach() was called: stay detached until asked again
         self.retry_failed = False  # the application asked again after a failure
         self.attach_rewind = 0  # rewind asked with attach()
@@ -98,12 +106,15 @@ class ChannelCore:
         self._send = send
         self._emit = emit
         self._live: tuple[int, ...] = ()
+        #: Subscriptions whose own rewind replay went further than the channel's position
+        #: (a gap being repaired): sub id -> the serial they have up to.
+        self._ahead: dict[int, int] = {}
 
     # ---------------------------------------------------------------- intent
 
     @property
     def wanted(self) -> bool:
-        return not self.held and (self.explicit or bool(self.subs))
+        return not self.held and (self.explicit or self.restored or bool(self.subs))
 
     def _relive(self) -> None:
         self._live = tuple(s.id for s in self.subs.values() if s.live)
@@ -112,6 +123,7 @@ class ChannelCore:
         """Add a subscription; ``op`` completes once the channel (and any replay the
         subscription asked for) is attached."""
         self.held = False
+        self.restored = False
         self.retry_failed = True
         # Before the channel's first attach, a rewind rides on that attach; afterwards the
         # subscription waits for its own replay.
@@ -127,6 +139,7 @@ class ChannelCore:
                 self.attach_waiters.append((op, sub_id))
 
     def unsubscribe(self, sub_id: int) -> None:
+        self._ahead.pop(sub_id, None)
         if self.subs.pop(sub_id, None) is not None:
             self._relive()
             if self.replay is not None:
@@ -134,9 +147,12 @@ class ChannelCore:
 
     def attach(self, op: int, rewind: int) -> None:
         self.held = False
+        self.restored = False
         self.explicit = True
         self.retry_failed = True
-        if self.state is CS.ATTACHED and not rewind:
+        if self.state is CS.ATTACHED:
+            # Already attached: its subscriptions see everything from here; a rewind only
+            # applies to the subscriptions present when the channel first attaches.
             self._emit(OpDone(op))
             return
         if rewind and self.tracker.epoch is None:
@@ -144,10 +160,10 @@ class ChannelCore:
         self.attach_waiters.append((op, None))
 
     def detach(self, op: int) -> None:
-        self.explicit = False
+        self.explicit = self.restored = False
         self.held = True
         if self.state in (CS.DETACHED, CS.FAILED) and self.inflight is None:
-            self.tracker.reset()
+            self._forget_position()
             self._emit(OpDone(op))
         else:
             self.detach_waiters.append(op)
@@ -226,6 +242,8 @@ class ChannelCore:
                 self.repairing = True
         else:
             loss = self.tracker.attached(frame, resuming, now)
+            if loss is not None:
+                self._ahead.clear()  # the position moved: everyone continues from it
         if kind == REPAIR:
             self.repairing = False
         if loss is not None and loss.epoch != frame.epoch and frame.serial > 0:
@@ -262,6 +280,8 @@ class ChannelCore:
             rewind = min(wanted, inflight.rewind)
             if rewind:
                 start[sub_id] = serial - rewind
+            if serial > self.tracker.serial:
+                self._ahead[sub_id] = serial  # live messages up to here come as replay
             sub.live = True
         self._relive()
         if start:
@@ -273,7 +293,7 @@ class ChannelCore:
             self.inflight = None
             self.replay = None
             self.repairing = False
-            self.tracker.reset()
+            self._forget_position()
             self._move(CT.DETACHED)
             self._settle_detach()
             return
@@ -284,10 +304,12 @@ class ChannelCore:
 
     def on_refused(self, ref: fr.Ref, error: RtkitError, now: float) -> None:
         """The broker refused our attach or detach request ``ref``."""
-        kind = self.inflight.kind if self.inflight and self.inflight.ref == ref else FRESH
+        if self.inflight is None or self.inflight.ref != ref:
+            return  # a request we no longer wait for (the link it was on is gone)
+        kind = self.inflight.kind
         self.inflight = None
         if kind == "detach":  # cannot detach: it is gone anyway
-            self.tracker.reset()
+            self._forget_position()
             self._move(CT.DETACHED)
             self._settle_detach()
             return
@@ -301,6 +323,8 @@ class ChannelCore:
 
     def _fail(self, error: RtkitError) -> None:
         self.retry_failed = False
+        if CT.REFUSED not in CHANNEL_TRANSITIONS[self.state]:
+            return  # detached (or failed) already: nothing more to end
         self._move(CT.REFUSED, error)
         waiters, self.attach_waiters = self.attach_waiters, []
         for op, _ in waiters:
@@ -320,56 +344,72 @@ class ChannelCore:
         self.retry_at = None
         self._move(CT.LINK_LOST)
         if not self.wanted:
-            self.tracker.reset()
+            self._forget_position()
             self._settle_detach()
 
     # ---------------------------------------------------------------- deliveries
 
     def deliver(self, messages: tuple[Message, ...] | list[Message], now: float) -> None:
         """Messages arrived on the link for this channel, in serial order."""
-        if self.state is not CS.ATTACHED or self.repairing:
-            return  # not ours any more, or the repair's replay will bring them again
+        if self.state is not CS.ATTACHED:
+            return  # not ours any more
         tracker = self.tracker
         replay = self.replay
         out: list[Message] = []
-        for i, msg in enumerate(messages):
+        for msg in messages:
             if replay is not None:
                 if msg.serial <= replay.until:
-                    self._route(replay, msg)
+                    self._route(replay, msg)  # a rewind replay, for its subscriptions
                     continue
                 self.replay = replay = None
+            if self.repairing:
+                continue  # the repair's replay brings these again, in order
             verdict = tracker.check(msg)
+            if verdict is Verdict.GAP:
+                if self.repair_from != tracker.serial:
+                    self._flush(out)
+                    out = []
+                    self.repairing = True  # attach again from the last serial delivered
+                    continue
+                # The last repair from here did not fill it (an undecodable message, say):
+                # it never will. Report it, and go on with this message.
+                self._flush(out)
+                out = []
+                self.skip(msg.serial - 1, "a gap on the live link could not be repaired",
+                          now)
+                verdict = tracker.check(msg)
             if verdict is Verdict.DELIVER:
                 tracker.accept(msg)
                 out.append(msg)
                 if msg.serial <= self.replay_until:
                     self.replayed += 1
-            elif verdict is Verdict.DUPLICATE:
+            else:  # DUPLICATE, or SEEN: a copy (new serial) of a message delivered
                 tracker.duplicates += 1
-            else:
-                self._flush(out)
-                self._gap(messages[i], now)
-                return
+                if verdict is Verdict.SEEN:
+                    tracker.skip_to(msg.serial)
         self._flush(out)
 
     def _flush(self, out: list[Message]) -> None:
-        if out and self._live:
+        if not out or not self._live:
+            return
+        ahead = self._ahead
+        if not ahead:
             self._emit(Deliver(self.name, tuple(out), self._live))
+            return
+        behind = tuple(sub for sub in self._live if sub not in ahead)
+        if behind:
+            self._emit(Deliver(self.name, tuple(out), behind))
+        for sub, upto in list(ahead.items()):
+            newer = tuple(m for m in out if m.serial > upto)
+            if newer:
+                self._emit(Deliver(self.name, newer, (sub,)))
+            if self.tracker.serial >= upto:
+                del ahead[sub]
 
     def _route(self, replay: Replay, msg: Message) -> None:
         targets = tuple(sub for sub, after in replay.start.items() if msg.serial > after)
         if targets:
             self._emit(Deliver(self.name, (msg,), targets))
-
-    def _gap(self, msg: Message, now: float) -> None:
-        """A skipped serial on a live link: repair from the last serial delivered."""
-        if self.repair_from == self.tracker.serial:
-            # The last repair from here did not fill it (e.g. an undecodable message): it
-            # never will. Report it and move on rather than loop.
-            self.skip(msg.serial - 1, "a gap on the live link could not be repaired", now)
-            self.deliver((msg,), now)
-            return
-        self.repairing = True
 
     def skip(self, to_serial: int, reason: str, now: float) -> None:
         """Messages up to ``to_serial`` will never come: report them lost, move past them."""
@@ -382,6 +422,10 @@ class ChannelCore:
 
     def report(self, loss: ContinuityLoss) -> None:
         self._emit(Lost(loss))
+
+    def _forget_position(self) -> None:
+        self.tracker.reset()
+        self._ahead.clear()
 
     def forget(self, op: int) -> None:
         """``op`` timed out: stop waiting for it."""
@@ -397,7 +441,7 @@ class ChannelCore:
         self.attach_waiters, self.detach_waiters = [], []
         self.subs.clear()
         self._relive()
-        self.explicit = self.held = self.repairing = False
+        self.explicit = self.held = self.repairing = self.restored = False
         self.inflight = self.replay = None
         self.entered = (False, None)
         self._move(CT.LINK_LOST)

@@ -100,7 +100,7 @@ class ClientCore:
             for name, (serial, epoch) in recover.channels.items():
                 ch = self.channel(name)
                 ch.tracker.restore(serial, epoch)
-                ch.explicit = True
+                ch.restored = True
 
     # ================================================================ basics
 
@@ -242,6 +242,14 @@ class ClientCore:
         if self.state is S.CONNECTED:
             self.publishing.flush(now)
         return op
+
+    def withdraw(self, op: int, now: float) -> None:
+        """The application stopped waiting for ``op``: drop it if nothing was sent yet
+        (a publish still queued, a request waiting for the connection)."""
+        entry = self.outbox.by_op(op)
+        if entry is not None and entry.sends == 0 and entry.ref is None:
+            self.outbox.remove(entry)
+        self.requests.waiting.pop(op, None)
 
     # ================================================================ tokens
 
@@ -423,16 +431,27 @@ class ClientCore:
             self._fail(err, now)
             return
         self.schedule.failed(now)
-        self.transition(Trigger.TRANSPORT_LOST, f"connect failed: {err.message}", now, err)
+        reason = f"connect failed: {err.message}"
+        if self.schedule.ttl_passed(now, self._ttl()):
+            self.transition(Trigger.TTL_EXPIRED, reason, now, err)  # (still) suspended
+            self._suspended(now)
+        else:
+            self.transition(Trigger.TRANSPORT_LOST, reason, now, err)
         self._after_failure(err, now)
 
     def _after_failure(self, err: RtkitError, now: float) -> None:
-        """Disconnected: plan the next attempt (or suspend once the TTL has passed)."""
+        """Plan the next attempt: with backoff while disconnected, at the slower suspended
+        interval once the TTL has passed; at once when a new token is all it takes."""
+        sched = self.schedule
         if isinstance(err, TokenExpired) and self.credentials.renewable:
-            self.credentials.rejected = True
-            self.schedule.retry_now = True  # the cause is known: a new token fixes it
-        self.schedule.plan_retry(now)
-        self._check_ttl(now)
+            self.credentials.reject()
+            # The cause is known; but if the new token is refused too, back off.
+            sched.retry_now = sched.attempt <= 1
+        if self.state is S.SUSPENDED:
+            sched.suspend(now)
+        else:
+            sched.plan_retry(now)
+            self._check_ttl(now)
 
     def _ttl(self) -> float:
         s = self.session
@@ -442,16 +461,29 @@ class ClientCore:
         if self.state is S.DISCONNECTED and self.schedule.ttl_passed(now, self._ttl()):
             self.transition(Trigger.TTL_EXPIRED,
                             f"disconnected for more than {self._ttl():g} s", now)
-            self.publishing.fail(ConnectionSuspended(
-                "the connection is suspended: queued publishes cannot be kept"))
-            self.requests.fail_waiting(ConnectionSuspended("the connection is suspended"))
+            self._suspended(now)
             self.schedule.suspend(now)
 
+    def _suspended(self, now: float) -> None:
+        """Continuity is no longer promised: what waits for the connection fails."""
+        self.publishing.fail(ConnectionSuspended(
+            "the connection is suspended: queued publishes cannot be kept"))
+        self.requests.fail_waiting(ConnectionSuspended("the connection is suspended"))
+
     def _is_fatal(self, err: RtkitError) -> bool:
-        """Refused credentials are refused again: stop instead of retrying."""
+        """Refused credentials are refused again: stop instead of retrying. With an
+        auth_callback, a refused token gets one more chance: a new token (signed with a
+        rotated key, say) may be accepted."""
+        creds = self.credentials
+        if isinstance(err, InvalidCredentials) and creds.renewable and \
+                creds.token is not None and not creds.second_chance_used:
+            creds.second_chance_used = True
+            creds.reject()
+            self.schedule.retry_now = True
+            return False
         if isinstance(err, InvalidCredentials) or err.code in (40106, 40107, 40009):
             return True
-        return isinstance(err, TokenExpired) and not self.credentials.renewable
+        return isinstance(err, TokenExpired) and not creds.renewable
 
     def _fail(self, err: RtkitError, now: float) -> None:
         self.transition(Trigger.FATAL, err.message, now, err)
@@ -475,6 +507,7 @@ class ClientCore:
             token_expires=None if f.token_expires is None else f.token_expires / 1000,
             limits=dict(f.limits), server_time=f.server_time / 1000)
         self.credentials.synced(f.server_time, now)
+        self.credentials.second_chance_used = False
         self.session.server_time_offset = self.credentials.server_offset
         self.schedule.connected(now, self.session.heartbeat_interval,
                                 self.config.heartbeat_grace)

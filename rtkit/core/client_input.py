@@ -85,7 +85,7 @@ class Input:
                 core.publishing.nack(ref, f.error, now)
         elif isinstance(f, fr.Error):
             self._error(f, now)
-        elif isinstance(f, fr.Detached) and not core.requests.holds(ref):
+        elif isinstance(f, fr.Detached) and ref is None:  # the broker's own decision
             ch = core.channels.get(f.channel)
             if ch is not None:
                 ch.on_detached(f.error, solicited=False)
@@ -144,7 +144,7 @@ class Input:
             # The broker closes next: do not wait for it.
             core.close_error = err
             if isinstance(err, TokenExpired):
-                core.credentials.rejected = True
+                core.credentials.reject()
             link = core.link_id
             core.out.append(AbortLink(err))
             core.link_down(link, err, now)
@@ -166,7 +166,7 @@ class Input:
         elif p.kind == "auth":
             core.token_trouble(err, now)
             if isinstance(err, TokenExpired):
-                core.credentials.rejected = True
+                core.credentials.reject()
                 core.credentials.retry_at = None
                 core.renewal.fetch("the renewed token had already expired", now)
         else:

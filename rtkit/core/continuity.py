@@ -16,7 +16,8 @@ from rtkit.core.frames import Attached, Message
 
 class Verdict(Enum):
     DELIVER = "deliver"
-    DUPLICATE = "duplicate"
+    DUPLICATE = "duplicate"  # at or below the position: already delivered
+    SEEN = "seen"  # the next serial, but a message id already delivered (a copy): skip it
     GAP = "gap"
 
 
@@ -102,11 +103,12 @@ class Tracker:
         return loss
 
     def check(self, msg: Message) -> Verdict:
-        if msg.serial <= self.serial or msg.id in self._id_set:
+        if msg.serial <= self.serial:
             return Verdict.DUPLICATE
         if msg.serial > self.serial + 1 and not self.rebase:
             return Verdict.GAP
-        return Verdict.DELIVER
+        # E.g. a publish resent to a restarted broker, delivered before in the old epoch.
+        return Verdict.SEEN if msg.id in self._id_set else Verdict.DELIVER
 
     def accept(self, msg: Message) -> None:
         """Record ``msg`` as delivered."""
@@ -120,5 +122,6 @@ class Tracker:
             self._id_set.discard(ids.popleft())
 
     def skip_to(self, serial: int) -> None:
-        """Give up on messages up to ``serial`` (after reporting their loss)."""
+        """Move past ``serial`` without delivering (reported lost, or a copy)."""
         self.serial = max(self.serial, serial)
+        self.rebase = False

@@ -39,8 +39,16 @@ class Credentials:
         self.auth_timeout = auth_timeout
         self.token: str | None = None
         self.claims: TokenClaims | None = None
-        #: The broker refused the current token (expired): never present it again.
-        self.rejected = False
+        #: A token the broker refused (expired): never present it again.
+        self.rejected_token: str | None = None
+        #: A token obtained since the last successful connect is presented as it is: the
+        #: broker judges it (our clock may be off; we learn by how much when connected).
+        self.fresh = False
+        self.synced_once = False
+        #: When (broker wall clock) the current token was obtained from the callback.
+        self.obtained_at: float | None = None
+        #: A refused token was replaced once (a second refusal is final).
+        self.second_chance_used = False
         self.renewals = 0
         #: Broker wall clock minus ours (seconds), from ``connected.server_time``.
         self.server_offset = 0.0
@@ -70,6 +78,8 @@ class Credentials:
         """``connected`` told us the broker's time: remember the offset."""
         if server_time_ms > 0:
             self.server_offset = server_time_ms / 1000 - (now + self.wall_offset)
+            self.synced_once = True
+        self.fresh = False
 
     # ---------------------------------------------------------------- the token
 
@@ -79,11 +89,18 @@ class Credentials:
 
     def set_token(self, token: str) -> None:
         self.token = token
-        self.rejected = False
         try:
             self.claims = inspect_token(token)
         except RtkitError:
             self.claims = None  # opaque to us: the broker will judge it
+
+    @property
+    def rejected(self) -> bool:
+        return self.token is not None and self.token == self.rejected_token
+
+    def reject(self) -> None:
+        """The broker said the token we presented has expired."""
+        self.rejected_token = self.presented or self.token
 
     def expired(self, now: float) -> bool:
         """Whether the current token must not be presented."""
@@ -93,10 +110,15 @@ class Credentials:
             self.claims.expires_at - EXPIRY_MARGIN <= self.broker_wall(now)
 
     def renew_at(self, now: float) -> float | None:
-        """Monotonic time of the next planned renewal (None: none planned)."""
+        """Monotonic time of the next planned renewal (None: none planned).
+
+        Counted from when we got the token if that is later than its ``iat``: a token
+        service whose clock lags issues tokens with less life left than they claim, and
+        renewing them on their ``iat`` would mean renewing at once, forever."""
         if not self.renewable or self.claims is None:
             return None
-        due = renewal_time(self.claims.issued_at, self.claims.expires_at)
+        start = max(self.claims.issued_at, self.obtained_at or 0.0)
+        due = renewal_time(start, self.claims.expires_at)
         return self.to_monotonic(due, now)
 
     def credentials_for_connect(self, now: float) -> dict[str, str] | RtkitError | None:
@@ -106,9 +128,12 @@ class Credentials:
             return {"key": self.key}
         renew_at = self.renew_at(now)
         # A renewal that is due is fetched before connecting, unless renewals are failing
-        # and the token still works.
+        # and the token still works, or it was just fetched.
         due = renew_at is not None and renew_at <= now and not self.failures
-        if self.token is not None and not self.expired(now) and not due:
+        usable = self.token is not None and not self.rejected and (
+            self.fresh or (not self.expired(now) and not due))
+        if usable:
+            assert self.token is not None
             self.presented = self.token
             return {"token": self.token}
         if not self.renewable:
@@ -140,6 +165,14 @@ class Credentials:
         self.set_token(token)
         self.renewals += 1
         self.failures, self.retry_at = 0, None
+        self.fresh = True
+        if not self.synced_once and self.claims is not None:
+            # Not connected yet: take the token issuer's clock as the broker's (the token
+            # was issued just now), so a skewed local clock does not make it look stale.
+            estimate = self.claims.issued_at - (now + self.wall_offset)
+            if abs(estimate) > 1.0:
+                self.server_offset = estimate
+        self.obtained_at = self.broker_wall(now)
         return None
 
     def failed(self, fetch_id: int, err: RtkitError, now: float,

@@ -78,9 +78,11 @@ class Schedule:
         return self.lost_at is not None and now >= self.lost_at + ttl
 
     def suspend(self, now: float) -> None:
-        """Suspended: retry more slowly (with jitter), continuity is no longer promised."""
-        delay = self.suspended_retry * (0.5 + self.rng.random() / 2)
-        self.retry_at = min(self.retry_at or now, now + delay)
+        """Suspended: retry more slowly (with jitter); continuity is no longer promised."""
+        if self.retry_now:
+            self.retry_now, self.retry_at = False, now
+            return
+        self.retry_at = now + self.suspended_retry * (0.5 + self.rng.random() / 2)
 
     # ---------------------------------------------------------------- connected
 

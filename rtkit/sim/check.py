@@ -45,8 +45,10 @@ def _view(client: SimClient, sub: SubRecord) -> list[Item]:
     out: list[Item] = []
     end = sub.removed_at if sub.removed_at is not None else float("inf")
     for entry in client.record.timeline.get(sub.channel, []):
+        if entry.at > end:
+            break
         if entry.loss is not None:
-            if sub.made <= entry.at <= end:
+            if sub.made <= entry.at:
                 out.append(entry.loss)
         elif sub.id in entry.subs:
             out.extend(entry.messages)
@@ -102,6 +104,19 @@ def _check_sub(client: SimClient, sub: SubRecord, acked: dict[str, list[tuple[st
         last = (epoch, serial)
         pending = []
     resumed_at.extend((loss, None) for loss in open_losses)
+    # A loss must not name a message this subscription received: losses are facts.
+    by_epoch: dict[str | None, set[int]] = {}
+    for item in view:
+        if not isinstance(item, ContinuityLoss):
+            by_epoch.setdefault(item[0], set()).add(item[1])
+    for item in view:
+        if isinstance(item, ContinuityLoss) and item.first_lost is not None and \
+                item.last_lost is not None:
+            named = by_epoch.get(item.epoch, set()) & set(
+                range(item.first_lost, item.last_lost + 1))
+            if named:
+                out.append(Violation(name, f"a continuity loss names serials "
+                                           f"{sorted(named)[:5]} that were delivered"))
     if not final or sub.removed_at is not None or sub.attached_at is None:
         return
     base = sub.base
@@ -119,6 +134,34 @@ def _check_sub(client: SimClient, sub: SubRecord, acked: dict[str, list[tuple[st
         if not any(_covers(loss, epoch, serial, until) for loss, until in resumed_at):
             out.append(Violation(name, f"message {mid} (serial {serial}, epoch {epoch}) "
                                        f"acked at {at:.3f} never delivered nor declared lost"))
+
+
+def _check_client(sim: Simulation, c: SimClient, final: bool, out: list[Violation]) -> None:
+    """One client's own promises: its publishes enter each channel in the order it made
+    them; it does not spin (attempts, token fetches); its operations are answered."""
+    last: dict[tuple[str, str | None], tuple[int, str]] = {}
+    for p in c.record.published.values():  # (in publish order)
+        if p.serial is None:
+            continue
+        key = (p.channel, p.epoch)
+        if key in last and p.serial < last[key][0]:
+            out.append(Violation(c.name, f"{p.id} got serial {p.serial} after {last[key][1]} "
+                                         f"got {last[key][0]}: publish order not kept"))
+        last[key] = (p.serial, p.id)
+    attempts = sum(1 for s in c.record.states if s.current is S.CONNECTING)
+    if attempts > 20 + 2 * sim.now:
+        out.append(Violation(c.name, f"{attempts} connection attempts in {sim.now:.0f} s"))
+    if c.core is None:
+        return
+    if c.core.credentials.renewals > 10 + sim.now:
+        out.append(Violation(c.name, f"{c.core.credentials.renewals} tokens in "
+                                     f"{sim.now:.0f} s"))
+    if final and c.state is S.FAILED:
+        out.append(Violation(c.name, f"ended failed: {c.record.states[-1].reason}"))
+    if final and c.state is not S.CLOSED:
+        for op, (kind, started, outcome) in c.record.ops.items():
+            if outcome is None and sim.now - started > 60:
+                out.append(Violation(c.name, f"{kind} operation {op} never answered"))
 
 
 def settled(sim: Simulation) -> bool:
@@ -159,9 +202,14 @@ def check(sim: Simulation, final: bool = True) -> list[Violation]:
             elif final and c.core is not None and c.state not in (S.CLOSED, S.FAILED):
                 out.append(Violation(c.name, f"publish {p.id} never answered"))
     for c in sim.clients.values():
+        _check_client(sim, c, final, out)
         alive = c.core is not None and c.state not in (S.CLOSED, S.FAILED, S.INITIALIZED)
         if final and alive and c.state is not S.CONNECTED:
             out.append(Violation(c.name, f"stuck in {c.state.value}"))
+        for channel, failed_at in c.record.failed_channels.items():
+            if sim.always_allowed(c.client_id, channel, failed_at - 30.0):
+                out.append(Violation(c.name, f"channel {channel} failed although its "
+                                             f"capability allows it"))
         for sub in c.record.subs.values():
             gone = not alive or sub.channel in c.record.failed_channels
             _check_sub(c, sub, acked, final and not gone, out)

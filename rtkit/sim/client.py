@@ -72,6 +72,8 @@ class Record:
     timeline: dict[str, list[Entry]] = field(default_factory=dict)
     problems: list[RtkitError] = field(default_factory=list)
     failed_channels: dict[str, float] = field(default_factory=dict)
+    #: Other operations: op -> (kind, started, outcome: the value or error; None: pending).
+    ops: dict[int, tuple[str, float, Any]] = field(default_factory=dict)
 
 
 class SimClient:
@@ -166,6 +168,33 @@ class SimClient:
         self._ops[op] = ("publish", rec)
         self._pump()
         return msg_id
+
+    def attach(self, channel: str, rewind: int | None = None) -> int | None:
+        """``attach()`` (its outcome is recorded in :attr:`Record.ops`); None if refused."""
+        return self._call("attach", lambda now: self.core.attach(channel, now, rewind))
+
+    def detach(self, channel: str) -> int | None:
+        """``detach()``: the channel's subscriptions get nothing more until the next
+        subscribe or attach (they count as ended here)."""
+        for sub in self.record.subs.values():
+            if sub.channel == channel and sub.removed_at is None:
+                sub.removed_at = self.sim.clock.now
+        return self._call("detach", lambda now: self.core.detach(channel, now))
+
+    def history(self, channel: str, limit: int = 100) -> int | None:
+        return self._call("history", lambda now: self.core.history(channel, now, limit))
+
+    def _call(self, kind: str, start: Callable[[float], int]) -> int | None:
+        try:
+            op = start(self.sim.clock.now)
+        except RtkitError as exc:
+            self.record.problems.append(exc)
+            self._pump()
+            return None
+        self._ops[op] = (kind, None)
+        self.record.ops[op] = (kind, self.sim.clock.now, None)
+        self._pump()
+        return op
 
     def renew(self) -> None:
         if self.core.credentials.renewable:
@@ -262,6 +291,10 @@ class SimClient:
 
     def _op_outcome(self, item: ev.OpDone | ev.OpFailed, now: float) -> None:
         kind, target = self._ops.pop(item.op, (None, None))
+        if item.op in self.record.ops:
+            started = self.record.ops[item.op][1]
+            outcome = item.value if isinstance(item, ev.OpDone) else item.error
+            self.record.ops[item.op] = (kind or "?", started, outcome)
         if kind == "publish":
             assert isinstance(target, Published)
             if isinstance(item, ev.OpDone):

@@ -10,6 +10,7 @@ to a minimal one, and :func:`reproducer` prints it as code.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -25,9 +26,9 @@ S = ConnectionState
 CHANNELS = ("a", "b", "c")
 KINDS = ("sub", "unsub", "pub", "drop", "blackhole", "refuse", "partition", "restart",
          "reconnect", "close", "renew", "narrow", "expire", "recover", "lossy", "jitter",
-         "authfail", "slowauth", "wait")
-BROKER = {"heartbeat_interval": 1.0, "connection_state_ttl": 8.0, "publish_rate": 10_000,
-          "publish_burst": 20_000}
+         "authfail", "slowauth", "ackloss", "burst", "unsubclose", "attach", "detach",
+         "history", "wait")
+BROKER = {"heartbeat_interval": 1.0}
 CLIENT: dict[str, Any] = {"backoff": Backoff(base=0.2, cap=1.0), "heartbeat_grace": 0.5,
           "connect_timeout": 2.0, "suspended_retry_interval": 3.0, "request_timeout": 5.0,
           "auth_timeout": 1.0}
@@ -54,6 +55,11 @@ class Scenario:
     tokens: tuple[bool, ...]
     history_size: int
     steps: tuple[Step, ...]
+    #: Clients' clocks are off by up to this many seconds (tokens live 4 s).
+    skew: float = 2.0
+    #: The broker's publish rate limit (publishes per second per connection).
+    publish_rate: int = 10_000
+    connection_state_ttl: float = 8.0
 
 
 def generate(seed: int, max_steps: int = 24) -> Scenario:
@@ -68,21 +74,24 @@ def generate(seed: int, max_steps: int = 24) -> Scenario:
     for _ in range(rng.randint(4, max_steps)):
         op = rng.choice(kinds)
         n: float = 0
-        if op == "pub":
-            n = rng.randint(1, 8)
+        if op in ("pub", "burst"):
+            n = rng.randint(1, 8) if op == "pub" else rng.randint(10, 40)
         elif op in ("blackhole", "refuse", "partition"):
             n = round(rng.uniform(0.3, 4.0), 2)
-        elif op == "restart":
+        elif op in ("restart", "ackloss"):
             n = round(rng.uniform(0.1, 2.0), 2)
-        elif op == "sub":
+        elif op in ("sub", "attach"):
             n = rng.choice([0, 0, 0, 2, 5])
-        elif op in ("lossy", "unsub", "jitter"):
+        elif op in ("lossy", "unsub", "jitter", "unsubclose"):
             n = round(rng.random(), 2)
         elif op == "authfail":
             n = rng.randint(1, 4)
-        steps.append(Step(round(rng.uniform(0.0, 1.5), 2), op, rng.randrange(clients),
-                          rng.choice(CHANNELS), n))
-    return Scenario(seed, clients, tokens, history, tuple(steps))
+        dt = 0.0 if rng.random() < 0.15 else round(rng.uniform(0.0, 1.5), 2)
+        steps.append(Step(dt, op, rng.randrange(clients), rng.choice(CHANNELS), n))
+    return Scenario(seed, clients, tokens, history, tuple(steps),
+                    skew=rng.choice([2.0, 2.0, 3.0]),
+                    publish_rate=rng.choice([10_000, 10_000, 40]),
+                    connection_state_ttl=rng.choice([8.0, 8.0, 3.0]))
 
 
 class Runner:
@@ -90,7 +99,11 @@ class Runner:
 
     def __init__(self, scenario: Scenario) -> None:
         self.sc = scenario
-        self.sim = Simulation(scenario.seed, history_size=scenario.history_size, **BROKER)
+        self.sim = Simulation(scenario.seed, history_size=scenario.history_size,
+                              publish_rate=scenario.publish_rate,
+                              publish_burst=max(10, scenario.publish_rate // 4),
+                              connection_state_ttl=scenario.connection_state_ttl, **BROKER)
+        self.attach_ops: list[tuple[SimClient, int]] = []
         self.slots: list[SimClient] = []
         self.generation = [0] * scenario.clients
         for i in range(scenario.clients):
@@ -103,9 +116,8 @@ class Runner:
         opts: dict[str, Any] = dict(CLIENT)
         if token:
             opts["token_ttl"] = 4.0
-        rng = self.sim.rng
-        return self.sim.client(name, client_id=f"id{i}", clock_skew=rng.uniform(-2, 2),
-                               **opts, **extra)
+        skew = self.sim.rng.uniform(-self.sc.skew, self.sc.skew)
+        return self.sim.client(name, client_id=f"id{i}", clock_skew=skew, **opts, **extra)
 
     def play(self) -> list[Violation]:
         sim = self.sim
@@ -179,6 +191,32 @@ class Runner:
             sim.network.faults.jitter = 0.2 * step.n
         elif op == "authfail":
             c.auth_failures += int(step.n)
+        elif op == "ackloss":
+            # The broker stores a publish and sends it on, the publisher's ack is held,
+            # and the broker dies: the publisher resends to the new incarnation.
+            c.publish(step.channel, "ackloss")
+            sim.run(0.007)
+            sim.network.partition(c.name, 0.3)
+            sim.run(0.02)
+            sim.restart_broker(0.2 + step.n)
+        elif op == "burst":
+            sim.network.faults.jitter = 0.2
+            for k in range(int(step.n)):
+                c.publish(step.channel, {"b": k})
+        elif op == "unsubclose":  # in the same instant
+            for sub in [s for s in c.record.subs.values()
+                        if s.removed_at is None and s.channel == step.channel]:
+                c.unsubscribe(sub.id)
+            if c.state not in (S.CLOSED, S.FAILED, S.INITIALIZED):
+                c.close()
+        elif op == "attach":
+            op_id = c.attach(step.channel, rewind=int(step.n) or None)
+            if op_id is not None:
+                self.attach_ops.append((c, op_id))
+        elif op == "detach":
+            c.detach(step.channel)
+        elif op == "history":
+            c.history(step.channel)
         elif op == "slowauth":
             c.auth_delay = 3.0 if c.auth_delay < 1 else 0.01  # beyond auth_timeout
 
@@ -231,21 +269,22 @@ def shrink(scenario: Scenario, budget: int = 400) -> Scenario:
         while i < len(steps) and tries < budget:
             candidate = steps[:i] + steps[i + chunk:]
             tries += 1
-            if candidate and signature(Scenario(
-                    scenario.seed, scenario.clients, scenario.tokens, scenario.history_size,
-                    tuple(candidate))) == target:
+            if candidate and signature(dataclasses.replace(
+                    scenario, steps=tuple(candidate))) == target:
                 steps, changed = candidate, True
             else:
                 i += chunk
         if not changed:
             chunk //= 2
-    return Scenario(scenario.seed, scenario.clients, scenario.tokens, scenario.history_size,
-                    tuple(steps))
+    return dataclasses.replace(scenario, steps=tuple(steps))
 
 
 def reproducer(scenario: Scenario) -> str:
     """Python code that replays ``scenario``."""
     steps = ",\n        ".join(repr(s) for s in scenario.steps)
+    sc = scenario
     return (f"from rtkit.sim.scenario import Scenario, Step, run\n"
-            f"print(run(Scenario({scenario.seed}, {scenario.clients}, {scenario.tokens!r}, "
-            f"{scenario.history_size}, (\n        {steps},\n))))")
+            f"print(run(Scenario({sc.seed}, {sc.clients}, {sc.tokens!r}, "
+            f"{sc.history_size}, (\n        {steps},\n), skew={sc.skew}, "
+            f"publish_rate={sc.publish_rate}, "
+            f"connection_state_ttl={sc.connection_state_ttl})))")

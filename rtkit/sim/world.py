@@ -36,6 +36,7 @@ class Simulation:
         self.clients: dict[str, SimClient] = {}
         #: Capabilities the simulated token service grants, per client id.
         self.capabilities: dict[str | None, dict[str, list[str]]] = {}
+        self._grants: dict[str | None, list[tuple[float, dict[str, list[str]]]]] = {}
 
     @property
     def now(self) -> float:
@@ -98,6 +99,16 @@ class Simulation:
         """From now on the token service grants ``client_id`` only ``capabilities``."""
         Capability.of(capabilities)  # validate
         self.capabilities[client_id] = capabilities
+        self._grants.setdefault(client_id, []).append((self.clock.now, capabilities))
+
+    def always_allowed(self, client_id: str | None, channel: str, since: float) -> bool:
+        """Whether every grant the token service made ``client_id`` since ``since`` (and
+        the one in force then) allowed subscribing to ``channel``."""
+        grants = self._grants.get(client_id, [])
+        in_force = [caps for at, caps in grants if at <= since][-1:]
+        later = [caps for at, caps in grants if at > since]
+        return all(Capability.of(caps).allows("subscribe", channel)
+                   for caps in in_force + later)
 
     def heal(self) -> None:
         """Remove every network fault (the broker stays as it is)."""

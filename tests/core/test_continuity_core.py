@@ -35,7 +35,7 @@ def test_tracker_delivers_in_order_and_drops_duplicates() -> None:
         if v is Verdict.DELIVER:
             t.accept(m)
     assert verdicts == [Verdict.DELIVER, Verdict.DELIVER, Verdict.DUPLICATE, Verdict.DUPLICATE,
-                        Verdict.DUPLICATE, Verdict.DELIVER]
+                        Verdict.SEEN, Verdict.DELIVER]
     assert t.serial == 3 and t.resume_point == 3
 
 
