@@ -130,9 +130,9 @@ class Broker:
 
     async def _handle(self, ws: ServerConnection) -> None:
         # The handshake's headers are not needed any more: thousands of idle connections
-        # should not keep them. (The request itself must stay: websockets tests it.)
+        # should not keep them. (The request object stays: websockets refers to it.)
         if ws.request is not None:
-            ws.request = Request(ws.request.path, _NO_HEADERS)
+            ws.request.headers = _NO_HEADERS
         ws.response = None
         core = self.core
         session = core.open_session(time.monotonic(), ws)

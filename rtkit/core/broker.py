@@ -19,11 +19,10 @@ presence is indexed by session, and idle channels are reclaimed a few at a time.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import math
 import secrets
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -41,11 +40,11 @@ from rtkit.core.session import (
     Session,
     close_code_for,
 )
+from rtkit.core.timers import SessionTimers
 from rtkit.core.tokens import Capability, KeyStore, verify_token
 from rtkit.errors import ProtocolError, RtkitError, error
 
 _ids = itertools.count(1)
-_seq = itertools.count()
 HEARTBEAT = '{"action":"heartbeat"}'
 
 __all__ = [
@@ -84,10 +83,7 @@ class BrokerCore:
         self.now = 0.0  # the latest monotonic time the driver told us about
         #: Wall-clock seconds minus monotonic seconds (see the module docstring).
         self.wall_offset = 0.0
-        # Timers: the first two are in deadline order by construction (constant intervals).
-        self._unauthenticated: deque[Session] = deque()
-        self._heartbeats: deque[Session] = deque()
-        self._expiries: list[tuple[float, int, Session]] = []  # (wall expiry, seq, session)
+        self.timers = SessionTimers(config)
 
     @property
     def channels(self) -> dict[str, Channel]:
@@ -105,7 +101,7 @@ class BrokerCore:
         s = Session(cid, f"{cid}!{secrets.token_urlsafe(12)}", now, transport)
         s.bucket = self._bucket_factory()
         self.sessions[cid] = s
-        self._unauthenticated.append(s)
+        self.timers.opened(s)
         self.stats["connections_opened"] += 1
         return s
 
@@ -231,9 +227,8 @@ class BrokerCore:
             return self._fatal(s, exc, f.ref)
         s.connected, s.client_id, s.capability = True, client_id, cap
         s.token_expires, s.key_id = expires, key_id
-        self._watch_expiry(s)
-        s.next_heartbeat = now + self.config.heartbeat_interval
-        self._heartbeats.append(s)
+        self.timers.token(s)
+        self.timers.connected(s, now)
         resumed, resume_error = False, None
         if f.resume is not None:
             resumed = self._resume(s, f.resume, now)
@@ -293,7 +288,7 @@ class BrokerCore:
             return self._refuse(s, f.ref, exc, False)
         s.capability, s.token_expires, s.key_id = cap, expires, key_id
         s.allowed.clear()
-        self._watch_expiry(s)
+        self.timers.token(s)
         # A renewed token may grant less: detach and leave presence where it no longer may.
         self.ops.narrow(s)
         self.outbox.send(s, fr.Authorized(
@@ -303,40 +298,20 @@ class BrokerCore:
         ))
         return None
 
-    def _watch_expiry(self, s: Session) -> None:
-        if s.token_expires is not None:
-            heapq.heappush(self._expiries, (s.token_expires, next(_seq), s))
-
     # ---------------------------------------------------------------- time
 
     def tick(self, now: float) -> None:
         """Due timers only: auth timeouts, heartbeats, token expiries, resumable sessions, and
         a few channels' expired messages (see :meth:`ChannelRegistry.sweep`)."""
         self.now = now
-        c = self.config
-        pending = self._unauthenticated
-        while pending and (pending[0].connected or pending[0].closed
-                           or now - pending[0].opened_at > c.auth_timeout):
-            s = pending.popleft()
-            if not s.connected and not s.closed:
-                self._fatal(s, error(40005, "no connect frame in time"), None)
-        beats = self._heartbeats
-        while beats and (beats[0].closed or beats[0].next_heartbeat <= now):
-            s = beats.popleft()
-            if not s.closed:
-                s.next_heartbeat = now + c.heartbeat_interval
-                beats.append(s)
-                self.outbox.text((s,), HEARTBEAT)
-        wall, expiries = self.wall(now), self._expiries
-        while expiries and (expiries[0][0] <= wall or expiries[0][2].closed):
-            expires, _, s = heapq.heappop(expiries)
-            if not s.closed and s.token_expires == expires:
-                self._fatal(s, error(40140), None)
-        parked = self.parked
-        while parked:
-            p = next(iter(parked.values()))
-            if now - p.lost_at <= c.connection_state_ttl:
-                break
+        for s in list(self.timers.late_to_authenticate(now)):
+            self._fatal(s, error(40005, "no connect frame in time"), None)
+        for s in self.timers.heartbeats_due(now):
+            self.outbox.text((s,), HEARTBEAT)
+        for s in list(self.timers.tokens_expired(self.wall(now))):
+            self._fatal(s, error(40140), None)
+        parked, ttl = self.parked, self.config.connection_state_ttl
+        while parked and now - next(iter(parked.values())).lost_at > ttl:
             parked.popitem(last=False)
         self.registry.sweep(now)
 
@@ -399,7 +374,7 @@ class BrokerCore:
     def resources(self) -> dict[str, dict[str, float | int | None]]:
         """Each bounded resource: what is in use against its limit (see ``server.stats()``)."""
         c, reg = self.config, self.registry
-        largest = max((ch.store.bytes for ch in reg.channels.values()), default=0)
+        largest = max((ch.store.message_bytes for ch in reg.channels.values()), default=0)
         present = sum(len(s.presence or ()) for s in self.sessions.values())
         most_present = max((len(s.presence or ()) for s in self.sessions.values()), default=0)
         return {

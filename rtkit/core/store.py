@@ -4,9 +4,9 @@ A channel keeps every message for at least ``connection_state_ttl`` (the continu
 and at most ``retention``, within ``max_channel_history_bytes`` per channel and
 ``max_history_bytes`` for the whole broker (:class:`Ledger`). When a budget is exceeded the
 oldest message goes first: the channel's own oldest for its budget, the oldest in the whole
-broker for the global one. An evicted message's *id* stays (a few hundred bytes) until the
-continuity window has passed, so a publish retried after a reconnect is still recognised as a
-duplicate.
+broker for the global one. An evicted message's *id* stays (a few hundred bytes, within an
+extra half of the channel's budget) until the continuity window has passed, so a publish
+retried after a reconnect is still recognised as a duplicate.
 
 Intervals use the monotonic ``at`` the broker passes in; message timestamps are wall time.
 """
@@ -88,8 +88,8 @@ class Ledger:
 class Store:
     """One channel's messages in serial order (consecutive serials) and its dedup index."""
 
-    __slots__ = ("budget", "bytes", "dedup", "id_bytes", "ids", "in_heap", "ledger", "records",
-                 "retention", "window")
+    __slots__ = ("budget", "bytes", "dedup", "id_bytes", "ids", "in_heap", "ledger",
+                 "message_bytes", "records", "retention", "window")
 
     def __init__(self, ledger: Ledger, budget: int, retention: float, window: float) -> None:
         self.ledger = ledger
@@ -100,8 +100,9 @@ class Store:
         # Records whose message was evicted by a budget, kept for their id (oldest first).
         self.ids: deque[Record] = deque()
         self.dedup: dict[str, Record] = {}
-        self.bytes = 0
-        self.id_bytes = 0
+        self.bytes = 0  # messages and ids, as counted by the ledger
+        self.message_bytes = 0  # messages only: within ``budget``
+        self.id_bytes = 0  # ids of evicted messages only: within half of ``budget``
         self.in_heap = False
 
     def __len__(self) -> int:
@@ -114,18 +115,18 @@ class Store:
         if record.key is not None:
             self.dedup[record.key] = record
         self._add(record.cost)
+        self.message_bytes += record.cost
         self.ledger.track(self)
         self.expire(now)
-        # Over budget: evict the oldest message (its id stays), but let ids take at most half
-        # of the budget, so that they never crowd out the messages themselves.
-        while self.bytes > self.budget:
-            if self.ids and (self.id_bytes > self.budget // 2 or len(self.records) <= 1):
-                self._forget(self.ids.popleft())
-            elif len(self.records) > 1:
-                self.evict_oldest(now)
-            else:
-                break
+        # Over budget: evict the oldest message (never the one just published); its id stays,
+        # within an extra half of the budget, so ids never crowd out the messages themselves.
+        while self.message_bytes > self.budget and len(self.records) > 1:
+            self.evict_oldest(now)
+        while self.id_bytes > self.budget // 2 and self.ids:
+            self._forget(self.ids.popleft())
         self.ledger.enforce(now)
+        while self.ledger.bytes > self.ledger.budget and self.ids:
+            self._forget(self.ids.popleft())  # no message left to evict: ids go too
 
     def find(self, key: str) -> Record | None:
         """The message published with this de-duplication key, if still known."""
@@ -160,6 +161,7 @@ class Store:
         while records and records[0].at < oldest:
             record = records.popleft()
             self._add(-record.cost)
+            self.message_bytes -= record.cost
             self._drop_key(record)
         oldest = now - self.window
         while ids and ids[0].at < oldest:
@@ -170,6 +172,7 @@ class Store:
         be retried (younger than the continuity window)."""
         record = self.records.popleft()
         self._add(-record.cost)
+        self.message_bytes -= record.cost
         self.ledger.evicted += 1
         young = now - record.at < self.window
         if young:
@@ -186,7 +189,7 @@ class Store:
     def clear(self) -> None:
         """Forget everything (the channel is being reclaimed)."""
         self._add(-self.bytes)
-        self.id_bytes = 0
+        self.id_bytes = self.message_bytes = 0
         self.records.clear()
         self.ids.clear()
         self.dedup.clear()
