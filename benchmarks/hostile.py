@@ -2,7 +2,8 @@
 
 Three processes: the broker; the victim (this process: one publisher at 1,000 msg/s and 100
 light subscribers on channel ``feed``, 8 of them decoding to sample latency); the attacker
-(one child per case, running one attack of the hostile-client report). For each case the
+(one child per case, at a lower CPU priority as it stands in for other machines, running
+one attack of the hostile-client report). For each case the
 victim's p50/p99 latency from publish to delivery is measured over the same window and printed
 next to the quiet figure, with the ratio.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -35,9 +37,8 @@ RATE = 1000  # victim messages a second
 SUBSCRIBERS = 100
 SAMPLED = 8
 QUIET_TARGET_MS, ATTACKED_TARGET_MS = 5.0, 20.0
-BROKER = dict(heartbeat_interval=15.0, publish_rate=1500.0, publish_burst=3000,
-              max_connections_per_address=5000, connection_attempt_rate=2000.0,
-              connection_attempt_burst=5000)
+#: The broker runs with its defaults (publish_rate 1,000 a second: the victim's pace).
+BROKER: dict[str, Any] = {}
 
 
 def _raise_fd_limit() -> None:
@@ -101,13 +102,15 @@ async def _attack(name: str, url: str, seconds: float) -> None:
         return ws
 
     async def flood(ws: Any, frames: Any) -> None:
+        # 20,000 frames a second at most (20 times the default rate): a flood, without the
+        # attacker process (here on the broker's machine) taking a whole core for itself.
         try:
             for i, frame in enumerate(frames):
                 if time.monotonic() > end:
                     return
                 await ws.send(frame)
-                if i % 200 == 199:
-                    await asyncio.sleep(0)
+                if i % 100 == 99:
+                    await asyncio.sleep(0.005)
         except ConnectionClosed:
             pass
 
@@ -171,9 +174,10 @@ async def _attack(name: str, url: str, seconds: float) -> None:
         await flood(ws, forever(lambda i: json.dumps(
             {"action": "history", "ref": i, "channel": "tall", "limit": 300})))
     elif name == "presence":  # 7: 4 KB presence updates to 20 subscribers
-        audience = [await session(root) for _ in range(20)]
-        for ws in audience:
-            await ws.send(json.dumps({"action": "attach", "ref": 1, "channel": "lobby"}))
+        audience = [await open_light(url, sample=False, count_marker=None) for _ in range(20)]
+        for light in audience:  # light clients: they count frames, no decoding
+            light.send_json({"action": "connect", "ref": 0, "key": KEY})
+            light.send_json({"action": "attach", "ref": 1, "channel": "lobby"})
         ws = await session(root)
         blob = {"b": "z" * 4000}
         await flood(ws, forever(lambda i: json.dumps(
@@ -263,6 +267,12 @@ class Victim:
         return statistics.median(lat) * 1000, p99 * 1000, len(lat) // SAMPLED
 
 
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds used so far by process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def main_async(cases: list[str], seconds: float) -> int:
     _raise_fd_limit()
     broker = subprocess.Popen([sys.executable, __file__, "--serve"], stdin=subprocess.PIPE,
@@ -275,10 +285,12 @@ async def main_async(cases: list[str], seconds: float) -> int:
         await asyncio.sleep(1.0)  # warm up
         print(f"victim: 1 publisher at {RATE} msg/s, {SUBSCRIBERS} subscribers; latency "
               f"from publish to delivery, sampled on {SAMPLED} subscribers")
-        print(f"{'case':>11} {'p50 ms':>8} {'p99 ms':>8} {'msgs/sub':>9} {'p99 ratio':>10}  "
-              f"target")
+        print(f"{'case':>11} {'p50 ms':>8} {'p99 ms':>8} {'msgs/sub':>9} {'p99 ratio':>10} "
+              f"{'srv cpu':>7}  target")
+        cpu = _proc_cpu(broker.pid)
         p50, quiet, count = await victim.measure(seconds)
-        print(f"{'quiet':>11} {p50:>8.2f} {quiet:>8.2f} {count:>9} {1.0:>10.2f}  "
+        cpu = (_proc_cpu(broker.pid) - cpu) / seconds
+        print(f"{'quiet':>11} {p50:>8.2f} {quiet:>8.2f} {count:>9} {1.0:>10.2f} {cpu:>7.0%}  "
               f"p99 < {QUIET_TARGET_MS:.0f} ms {'met' if quiet < QUIET_TARGET_MS else 'MISSED'}",
               flush=True)
         worst = 0.0
@@ -286,10 +298,16 @@ async def main_async(cases: list[str], seconds: float) -> int:
             attacker = subprocess.Popen([sys.executable, __file__, "--attack", case, "--url",
                                          url, "--seconds", str(seconds + 1.0)])
             await asyncio.sleep(0.5)  # let the attack start
+            cpu = _proc_cpu(broker.pid)
             p50, p99, count = await victim.measure(seconds)
-            attacker.wait(30)
+            cpu = (_proc_cpu(broker.pid) - cpu) / seconds
+            try:
+                attacker.wait(30)
+            except subprocess.TimeoutExpired:
+                attacker.kill()
             worst = max(worst, p99)
-            print(f"{case:>11} {p50:>8.2f} {p99:>8.2f} {count:>9} {p99 / quiet:>10.2f}  "
+            print(f"{case:>11} {p50:>8.2f} {p99:>8.2f} {count:>9} {p99 / quiet:>10.2f} "
+                  f"{cpu:>7.0%}  "
                   f"p99 < {ATTACKED_TARGET_MS:.0f} ms "
                   f"{'met' if p99 < ATTACKED_TARGET_MS else 'MISSED'}", flush=True)
             await asyncio.sleep(0.5)  # let the broker settle between cases
@@ -322,8 +340,17 @@ def main() -> int:
         asyncio.run(_serve())
         return 0
     if args.attack:
-        asyncio.run(_attack(args.attack, args.url, args.seconds))
-        return 0
+        # The attacker stands in for machines elsewhere in the room: its own CPU use here
+        # should not be what slows the broker and the victim down.
+        os.nice(10)
+
+        async def bounded() -> None:
+            # An attack blocked by the broker's backpressure simply ends with its time.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_attack(args.attack, args.url, args.seconds),
+                                       args.seconds)
+        asyncio.run(bounded())
+        os._exit(0)  # no goodbyes: an attacker just vanishes
     if args.quick:
         return asyncio.run(main_async(["surrogates", "rewind", "presence"], 1.5))
     return asyncio.run(main_async(args.cases.split(","), args.seconds))

@@ -1,7 +1,9 @@
 """The broker's asyncio driver: WebSocket I/O and timers around :class:`BrokerCore`.
 
-Received frames go to the core one at a time, yielding to the event loop between two frames
-of a connection, so a client that pipelines thousands of frames cannot starve the others.
+Received frames go to the core as they arrive, a bounded turn at a time: after
+:data:`TURN_FRAMES` frames or :data:`TURN_SECONDS` of one connection the driver yields to the
+event loop, so a client that pipelines thousands of frames cannot starve the others, while a
+fast publisher's messages still reach subscribers in batches.
 What the core wants sent is flushed once per event-loop iteration (``call_soon``), so every
 message published in that iteration reaches a subscriber in one ``message`` frame, encoded
 once for all subscribers of the channel. Each item of a flush is written on its own: one that
@@ -40,6 +42,11 @@ _HTTP_STATUS = {40301: http.HTTPStatus.FORBIDDEN, 42911: http.HTTPStatus.SERVICE
                 42912: http.HTTPStatus.TOO_MANY_REQUESTS}
 #: Frames received but not yet handled, per connection (then the socket stops being read).
 INBOUND_QUEUE = 8
+#: A connection's turn: frames handled before letting the other connections run.
+TURN_FRAMES, TURN_SECONDS = 64, 0.002
+#: After a turn with a request refused for the rate, the connection's next turn waits this
+#: long: a flood is read at most TURN_FRAMES per pause (then TCP slows the sender down).
+FLOOD_PAUSE = 0.01
 #: Bytes of replay or long answer written per round, before waiting for the buffer to drain.
 STREAM_ROUND = 64 * 1024
 _NO_HEADERS = Headers()
@@ -137,14 +144,23 @@ class Broker:
         core = self.core
         session = core.open_session(time.monotonic(), ws)
         session.flow_control = True
+        frames, turn_ends, refused = 0, 0.0, session.rate_limited
         try:
             async for data in ws:
-                core.receive(session, data, time.monotonic())
+                now = time.monotonic()
+                if not frames:
+                    turn_ends = now + TURN_SECONDS
+                core.receive(session, data, now)
                 self._schedule_flush()
+                frames += 1
                 if session.streams:
                     await self._stream(session, ws)
-                else:
-                    await asyncio.sleep(0)  # one frame at a time: others get their turn
+                    frames = 0
+                elif frames >= TURN_FRAMES or now > turn_ends:
+                    # The end of this connection's turn; a flooder waits a little longer.
+                    flooding = session.rate_limited != refused
+                    await asyncio.sleep(FLOOD_PAUSE if flooding else 0)
+                    frames, refused = 0, session.rate_limited
         except ConnectionClosed:
             pass
         except Exception:  # never let one connection take the broker down

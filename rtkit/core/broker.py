@@ -45,6 +45,7 @@ from rtkit.core.tokens import Capability, KeyStore, verify_token
 from rtkit.errors import ProtocolError, RtkitError, error
 
 _ids = itertools.count(1)
+_RATE_LIMITED = fr.dumps(error(42900).to_wire())
 HEARTBEAT = '{"action":"heartbeat"}'
 
 __all__ = [
@@ -148,10 +149,14 @@ class BrokerCore:
             # One rate for every operation; over it, requests are refused (not counted as
             # protocol errors: a burst is not an attack) and a heartbeat is not echoed.
             self.stats["rate_limited"] += 1
+            s.rate_limited += 1
             if isinstance(f, fr.Heartbeat) and f.ref is None:
                 return None
-            return self._refuse(s, getattr(f, "ref", None), error(42900),
-                                isinstance(f, fr.Publish))
+            action = "nack" if isinstance(f, fr.Publish) else "error"
+            ref_json = fr.dumps(getattr(f, "ref", None))  # a refusal per frame: kept cheap
+            self.outbox.text((s,), f'{{"action":"{action}","ref":{ref_json},'
+                                   f'"error":{_RATE_LIMITED}}}')
+            return None
         return self._dispatch(s, f, now)
 
     def _refuse(self, s: Session, ref: fr.Ref | None, exc: RtkitError, nack: bool) -> None:

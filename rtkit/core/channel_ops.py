@@ -11,7 +11,7 @@ from rtkit.core.channels import Channel, ChannelRegistry, encode_message, presen
 from rtkit.core.config import FRAME_RESERVE, BrokerConfig
 from rtkit.core.frames import dumps, nbytes
 from rtkit.core.session import Outbox, Session
-from rtkit.core.store import Record
+from rtkit.core.store import SERIAL, TIMESTAMP
 from rtkit.core.streams import HistoryAnswer, PresenceAnswer, Replay, Streamer
 from rtkit.errors import ProtocolError, RtkitError, error
 
@@ -123,7 +123,7 @@ class ChannelOps:
         dup = ch.store.find(key) if key is not None else None
         if dup is not None:
             self.outbox.send(s, fr.Ack(ref=f.ref, channel=ch.name, id=f.id or "", duplicate=True,
-                                       serial=dup.serial, timestamp=dup.timestamp))
+                                       serial=dup[SERIAL], timestamp=dup[TIMESTAMP]))
             return
         msg_id = f.id if f.id is not None else f"{s.connection_id}:{s.published + 1}"
         timestamp = int(wall * 1000)
@@ -134,10 +134,10 @@ class ChannelOps:
             self.refuse(s, f.ref, error(42901, "message too large for a frame"), True)
             return
         s.published += 1
-        if ch.pending_bytes + fsize + 1 + ch.envelope > c.max_frame_size:
+        if ch.pending_events or ch.pending_bytes + fsize + 1 + ch.envelope > c.max_frame_size:
             self.seal(ch)
         ch.serial += 1
-        ch.store.append(Record(ch.serial, timestamp, now, key, fragment, fsize), now)
+        ch.store.append((ch.serial, timestamp, now, key, fragment, fsize), now)
         self.stats["published"] += 1
         if ch.subscribers:
             ch.queue(fragment, fsize)
@@ -183,9 +183,9 @@ class ChannelOps:
                 except (TypeError, ValueError):
                     raise ProtocolError("invalid JSON: a number out of range",
                                         code=40001) from None
-                if size > c.max_presence_data:
+                if size > c.presence_data_limit:
                     raise error(42901, f"presence data is {size} bytes; the limit is "
-                                       f"{c.max_presence_data}")
+                                       f"{c.presence_data_limit}")
                 present = s.presence or ()
                 if f.op != "leave" and f.channel not in present and (
                         len(present) >= c.max_presence_per_connection):
@@ -213,11 +213,17 @@ class ChannelOps:
             self.registry.reclaim_if_idle(ch)
 
     def presence(self, ch: Channel, op: str, member: fr.PresenceMember) -> None:
+        """Apply a presence change and queue its event for the channel's subscribers; the
+        events of one flush go out in one ``presence_event`` frame, like messages."""
         kind = ch.presence_change(op, member)  # type: ignore[arg-type]
         if kind is not None and ch.subscribers:
-            self.seal(ch)
-            event = fr.PresenceEvent(channel=ch.name, changes=(fr.PresenceChange(kind, member),))
-            self.outbox.send_many(ch.targets, event)
+            event = dumps({"type": kind, **member.to_wire()})
+            size = nbytes(event)
+            room = self.config.max_frame_size - ch.envelope - 8  # "presence_event" is longer
+            if ch.pending or ch.events_bytes + size + 1 > room:
+                self.seal(ch)
+            ch.queue_event(event, size)
+            self.dirty[ch] = None
 
     def leave(self, s: Session, name: str) -> None:
         """Take ``s`` out of ``name``'s presence (announced)."""
@@ -265,10 +271,14 @@ class ChannelOps:
         """Hand the channel's pending batch to the driver as one frame for all subscribers."""
         if ch.pending:
             batch = ch.take_pending()
-            targets = ch.targets
-            if targets:
-                self.outbox.text(targets, f"{ch.prefix}{','.join(batch)}]}}")
+            if ch.targets:
+                self.outbox.text(ch.targets, f"{ch.prefix}{','.join(batch)}]}}")
                 self.stats["delivered_frames"] += 1
+        if ch.pending_events:
+            events = ch.take_events()
+            if ch.targets:
+                self.outbox.text(ch.targets, f'{{"action":"presence_event","channel":'
+                                             f'{ch.name_json},"events":[{",".join(events)}]}}')
         self.dirty.pop(ch, None)
 
     def flush(self) -> None:

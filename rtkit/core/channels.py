@@ -48,9 +48,12 @@ class Channel:
         # Insertion-ordered set of subscriber sessions, plus a cached tuple for fan-out.
         self.subscribers: dict[Any, None] = {}
         self._targets: tuple[Any, ...] | None = ()
-        # Encoded messages not yet handed to the driver (one batch per flush) and their bytes.
+        # Encoded messages not yet handed to the driver (one batch per flush) and their bytes;
+        # likewise presence events. Only one kind is pending at a time (their order matters).
         self.pending: list[str] = []
         self.pending_bytes = 0
+        self.pending_events: list[str] = []
+        self.events_bytes = 0
         self.members: dict[tuple[str, str], PresenceMember] = {}
         self.attaching = 0  # sessions replaying this channel before going live
         self.dead = False
@@ -83,6 +86,14 @@ class Channel:
         batch, self.pending, self.pending_bytes = self.pending, [], 0
         return batch
 
+    def queue_event(self, event: str, size: int) -> None:
+        self.pending_events.append(event)
+        self.events_bytes += size + 1
+
+    def take_events(self) -> list[str]:
+        events, self.pending_events, self.events_bytes = self.pending_events, [], 0
+        return events
+
     # -- presence ---------------------------------------------------------------------
 
     def presence_change(
@@ -99,7 +110,8 @@ class Channel:
     def is_idle(self) -> bool:
         """No subscribers, members, replays or stored messages: safe to forget."""
         return (not self.subscribers and not self.members and not self.attaching
-                and not self.store.records and not self.store.ids and not self.pending)
+                and not self.store.records and not self.store.ids and not self.pending
+                and not self.pending_events)
 
 
 class ChannelRegistry:

@@ -88,6 +88,11 @@ class BrokerConfig:
             object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
 
     @property
+    def presence_data_limit(self) -> int:
+        """``max_presence_data``, within what a frame can carry."""
+        return min(self.max_presence_data, self.max_frame_size - FRAME_RESERVE)
+
+    @property
     def retention(self) -> float:
         """How long a message is kept at most (seconds)."""
         return max(self.history_ttl, self.connection_state_ttl)
@@ -97,7 +102,7 @@ class BrokerConfig:
         return {
             "max_message_size": self.max_message_size,
             "max_frame_size": self.max_frame_size,
-            "max_presence_data": self.max_presence_data,
+            "max_presence_data": self.presence_data_limit,
             "max_depth": MAX_DEPTH,
             "publish_rate": int(self.publish_rate),
             "publish_burst": self.publish_burst,

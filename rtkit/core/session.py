@@ -48,6 +48,8 @@ class Session:
     allowed: dict[tuple[str, str], bool] = field(default_factory=dict)
     bucket: Any = None
     protocol_errors: int = 0
+    #: Requests refused for the rate (a driver may read more slowly from a flooder).
+    rate_limited: int = 0
     #: Frames received before ``connected`` (a tiny allowance, see PREAUTH_FRAMES).
     early_frames: int = 0
     next_heartbeat: float = 0.0

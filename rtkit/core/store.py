@@ -16,30 +16,31 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
+from typing import Final
 
 from rtkit.core.config import ID_OVERHEAD, RECORD_OVERHEAD
 
 _seq = itertools.count()
 
 
-class Record:
-    """One stored message: serial, wall timestamp (ms), monotonic arrival time (s), the
-    de-duplication key (None when the broker chose the id), its encoded JSON and its size."""
+#: One stored message: ``(serial, wall timestamp in ms, monotonic arrival time in s,
+#: de-duplication key or None, encoded JSON object, its size in bytes)``.
+#:
+#: A plain tuple on purpose: CPython's garbage collector stops tracking a tuple that holds only
+#: numbers and strings, so hundreds of thousands of stored messages add nothing to its full
+#: collections (objects with slots would, a pause of 100+ ms every few seconds under load).
+Record = tuple[int, int, float, "str | None", str, int]
+SERIAL: Final = 0
+TIMESTAMP: Final = 1
+AT: Final = 2
+KEY: Final = 3
+FRAGMENT: Final = 4
+SIZE: Final = 5
 
-    __slots__ = ("at", "fragment", "key", "serial", "size", "timestamp")
 
-    def __init__(self, serial: int, timestamp: int, at: float, key: str | None,
-                 fragment: str, size: int) -> None:
-        self.serial = serial
-        self.timestamp = timestamp
-        self.at = at
-        self.key = key
-        self.fragment = fragment
-        self.size = size
-
-    @property
-    def cost(self) -> int:
-        return self.size + RECORD_OVERHEAD + (len(self.key) if self.key else 0)
+def record_cost(record: Record) -> int:
+    key = record[KEY]
+    return record[SIZE] + RECORD_OVERHEAD + (len(key) if key else 0)
 
 
 def id_cost(key: str) -> int:
@@ -62,7 +63,7 @@ class Ledger:
     def track(self, store: Store) -> None:
         if not store.in_heap and store.records:
             store.in_heap = True
-            heapq.heappush(self._heap, (store.records[0].at, next(_seq), store))
+            heapq.heappush(self._heap, (store.records[0][AT], next(_seq), store))
 
     def enforce(self, now: float) -> None:
         """Evict the oldest messages of the whole broker until within the budget."""
@@ -73,12 +74,12 @@ class Ledger:
                 heapq.heappop(heap)
                 store.in_heap = False
                 continue
-            if store.records[0].at != at:  # the entry was stale: put the store back in place
-                heapq.heapreplace(heap, (store.records[0].at, next(_seq), store))
+            if store.records[0][AT] != at:  # the entry was stale: put the store back in place
+                heapq.heapreplace(heap, (store.records[0][AT], next(_seq), store))
                 continue
             store.evict_oldest(now)
             if store.records:
-                heapq.heapreplace(heap, (store.records[0].at, next(_seq), store))
+                heapq.heapreplace(heap, (store.records[0][AT], next(_seq), store))
             else:
                 heapq.heappop(heap)
                 store.in_heap = False
@@ -112,10 +113,11 @@ class Store:
 
     def append(self, record: Record, now: float) -> None:
         self.records.append(record)
-        if record.key is not None:
-            self.dedup[record.key] = record
-        self._add(record.cost)
-        self.message_bytes += record.cost
+        if record[KEY] is not None:
+            self.dedup[record[KEY]] = record
+        cost = record_cost(record)
+        self._add(cost)
+        self.message_bytes += cost
         self.ledger.track(self)
         self.expire(now)
         # Over budget: evict the oldest message (never the one just published); its id stays,
@@ -133,13 +135,13 @@ class Store:
         return self.dedup.get(key)
 
     def first_serial(self) -> int | None:
-        return self.records[0].serial if self.records else None
+        return self.records[0][SERIAL] if self.records else None
 
     def get(self, serial: int) -> Record | None:
         records = self.records
         if not records:
             return None
-        i = serial - records[0].serial
+        i = serial - records[0][SERIAL]
         return records[i] if 0 <= i < len(records) else None
 
     def range(self, first: int, last: int, limit: int) -> list[Record]:
@@ -147,7 +149,7 @@ class Store:
         records = self.records
         if not records or last < first:
             return []
-        base = records[0].serial
+        base = records[0][SERIAL]
         start = max(0, first - base)
         stop = min(len(records), last - base + 1, start + limit)
         return [records[i] for i in range(start, stop)]
@@ -158,31 +160,36 @@ class Store:
         """Drop what is older than the retention time, and ids older than the window."""
         records, ids = self.records, self.ids
         oldest = now - self.retention
-        while records and records[0].at < oldest:
+        while records and records[0][AT] < oldest:
             record = records.popleft()
-            self._add(-record.cost)
-            self.message_bytes -= record.cost
+            cost = record_cost(record)
+            self._add(-cost)
+            self.message_bytes -= cost
             self._drop_key(record)
         oldest = now - self.window
-        while ids and ids[0].at < oldest:
+        while ids and ids[0][AT] < oldest:
             self._forget(ids.popleft())
 
     def evict_oldest(self, now: float) -> None:
         """A budget is exceeded: evict the oldest message, keeping its id while it may still
         be retried (younger than the continuity window)."""
         record = self.records.popleft()
-        self._add(-record.cost)
-        self.message_bytes -= record.cost
+        cost = record_cost(record)
+        self._add(-cost)
+        self.message_bytes -= cost
         self.ledger.evicted += 1
-        young = now - record.at < self.window
+        young = now - record[AT] < self.window
         if young:
             self.ledger.evicted_early += 1
-        if record.key is not None and young:
-            record.fragment = ""  # free the message; the record now only holds its id
-            record.size = 0
-            self.ids.append(record)
-            self.id_bytes += id_cost(record.key)
-            self._add(id_cost(record.key))
+        key = record[KEY]
+        if key is not None and young:
+            # Free the message; keep a record of its id only (same serial and timestamp).
+            kept: Record = (record[SERIAL], record[TIMESTAMP], record[AT], key, "", 0)
+            self.ids.append(kept)
+            if self.dedup.get(key) is record:
+                self.dedup[key] = kept
+            self.id_bytes += id_cost(key)
+            self._add(id_cost(key))
         else:
             self._drop_key(record)
 
@@ -195,14 +202,16 @@ class Store:
         self.dedup.clear()
 
     def _forget(self, record: Record) -> None:
-        assert record.key is not None
-        self.id_bytes -= id_cost(record.key)
-        self._add(-id_cost(record.key))
+        key = record[KEY]
+        assert key is not None
+        self.id_bytes -= id_cost(key)
+        self._add(-id_cost(key))
         self._drop_key(record)
 
     def _drop_key(self, record: Record) -> None:
-        if record.key is not None and self.dedup.get(record.key) is record:
-            del self.dedup[record.key]
+        key = record[KEY]
+        if key is not None and self.dedup.get(key) is record:
+            del self.dedup[key]
 
     def _add(self, n: int) -> None:
         self.bytes += n

@@ -23,6 +23,7 @@ from rtkit.core.channels import Channel
 from rtkit.core.config import BrokerConfig
 from rtkit.core.frames import PresenceMember, dumps, nbytes
 from rtkit.core.session import Outbox, Session
+from rtkit.core.store import FRAGMENT, SIZE
 
 
 class Replay:
@@ -145,10 +146,10 @@ class Streamer:
             size = 0
             while r.next <= ch.serial:
                 rec = store.get(r.next)
-                if rec is None or (batch and size + rec.size + 1 > room):
+                if rec is None or (batch and size + rec[SIZE] + 1 > room):
                     break
-                batch.append(rec.fragment)
-                size += rec.size + 1
+                batch.append(rec[FRAGMENT])
+                size += rec[SIZE] + 1
                 r.next += 1
             if not batch:
                 r.next = ch.serial + 1
@@ -195,10 +196,10 @@ class Streamer:
             rec = store.get(a.next)
             if rec is None:
                 break
-            if items and size + rec.size + 1 > room:
+            if items and size + rec[SIZE] + 1 > room:
                 return items, size, False
-            items.append(rec.fragment)
-            size += rec.size + 1
+            items.append(rec[FRAGMENT])
+            size += rec[SIZE] + 1
             a.next += 1
             a.remaining -= 1
         return items, size, True
