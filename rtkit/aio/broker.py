@@ -174,7 +174,10 @@ class Broker:
         outbound buffer has drained. Its next frames are read only afterwards."""
         while session.streams and not session.closed:
             await asyncio.sleep(0)  # let the scheduled flush write what is queued
-            await ws.drain()
+            try:
+                await ws.drain()
+            except OSError:  # the connection was lost while draining: nothing more to send
+                return
             if session.closed:
                 break
             self.core.pump(session, STREAM_ROUND)

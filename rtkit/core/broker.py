@@ -41,6 +41,7 @@ from rtkit.core.session import (
     close_code_for,
 )
 from rtkit.core.timers import SessionTimers
+from rtkit.core.timing import TokenBucket
 from rtkit.core.tokens import Capability, KeyStore, verify_token
 from rtkit.errors import ProtocolError, RtkitError, error
 
@@ -63,8 +64,6 @@ class BrokerCore:
         keys: KeyStore,
         bucket_factory: Callable[[], Any] | None = None,
     ) -> None:
-        from rtkit.core.timing import TokenBucket
-
         self.config = config
         self.keys = keys
         self.sessions: dict[str, Session] = {}
