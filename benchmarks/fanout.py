@@ -51,6 +51,8 @@ async def _serve(kind: str) -> None:
         from rtkit.core.tokens import ApiKey
 
         config = BrokerConfig(publish_rate=1e9, publish_burst=10**9, heartbeat_interval=30.0,
+                              max_connections_per_address=100_000, connection_attempt_rate=1e6,
+                              connection_attempt_burst=100_000,
                               max_outbound_buffer=64 * 1024 * 1024, history_size=1000)
         broker = Broker(config, ApiKey.parse(KEY))
         await broker.start("127.0.0.1", 0)

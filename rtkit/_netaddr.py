@@ -58,8 +58,9 @@ def reachable_addresses(host: str, route: Callable[[int], str | None] = _route_a
     return usable
 
 
-def ws_url(address: str, port: int) -> str:
-    return f"ws://[{address}]:{port}" if ":" in address else f"ws://{address}:{port}"
+def ws_url(address: str, port: int, scheme: str = "ws") -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"{scheme}://{host}:{port}"
 
 
 def listening_lines(host: str, port: int, url: str,
@@ -70,7 +71,9 @@ def listening_lines(host: str, port: int, url: str,
         return [f"rtkit broker listening on {url}"]
     found = reachable_addresses(host) if addresses is None else addresses
     lines = [f"rtkit broker listening on port {port} of every network interface"]
-    lines += [f"participants connect to {ws_url(a, port)}" for a in found] or [
+    scheme = url.partition("://")[0] or "ws"
+    lines += [f"participants connect to {ws_url(a, port, scheme)}" for a in found] or [
         "participants cannot reach it: this machine has no network address besides loopback"]
-    lines.append(f"on this machine: {ws_url('127.0.0.1' if host != '::' else '::1', port)}")
+    lines.append(f"on this machine: "
+                 f"{ws_url('127.0.0.1' if host != '::' else '::1', port, scheme)}")
     return lines

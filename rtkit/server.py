@@ -6,6 +6,7 @@ kernel's loop; the broker lives in its own thread so it keeps serving other clie
 
 from __future__ import annotations
 
+import ssl as ssl_module
 import time
 from dataclasses import fields
 from types import TracebackType
@@ -30,7 +31,8 @@ class Server:
 
     @property
     def url(self) -> str:
-        """The WebSocket URL clients connect to, e.g. ``ws://127.0.0.1:54321``."""
+        """The WebSocket URL clients connect to, e.g. ``ws://127.0.0.1:54321`` (``wss://``
+        when serving TLS)."""
         return self._broker.url
 
     @property
@@ -69,17 +71,23 @@ class Server:
         self._runner.call(lambda: self._broker.keys.add(key))
         return key.value
 
-    def revoke_key(self, key_id: str) -> None:
-        """Refuse the key and tokens it signed from now on (new connections and renewals)."""
-        self._runner.call(lambda: self._broker.keys.revoke(key_id))
+    def revoke_key(self, key_id: str) -> int:
+        """Refuse the key and every token it signed from now on, and end the live connections
+        that use them (error 40108). Returns how many connections were ended."""
+        return self._runner.call(lambda: self._broker.revoke_key(key_id))
 
     def expire_tokens(self, client_id: str | None = None) -> int:
-        """Expire, now, the tokens of the connections of ``client_id`` (all if None), as if
-        their time had run out (for teaching renewal). Returns how many."""
-        return self._runner.call(lambda: self._broker.core.expire_tokens(client_id, time.time()))
+        """End, now, the authorization of the connections of ``client_id`` (all if None), as
+        if their token had run out (error 40140; for teaching renewal). A token client renews
+        its token and resumes; a client with an API key (also included) presents it again.
+        Returns how many connections were affected."""
+        return self._runner.call(lambda: self._broker.expire_tokens(client_id))
 
     def stats(self) -> dict[str, Any]:
-        """Live counters from the broker thread."""
+        """Live counters from the broker thread, and under ``"resources"`` each bounded
+        resource as ``{"used": ..., "limit": ...}``: connections (total and per address),
+        channels (total and created per client), stored history bytes (broker and largest
+        channel), presence memberships, resumable connections, outbound buffer bytes."""
         return self._runner.call(self._broker.stats)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -103,14 +111,18 @@ async def _value(fn: Any) -> Any:
 
 
 def serve(
-    host: str = "127.0.0.1", port: int = 0, *, root_key: str | None = None, **options: Any
+    host: str = "127.0.0.1", port: int = 0, *, root_key: str | None = None,
+    ssl: ssl_module.SSLContext | None = None, **options: Any
 ) -> Server:
     """Start a broker in a background thread and return once it is listening.
 
     Options are the fields of :class:`rtkit.BrokerConfig` (``heartbeat_interval``,
-    ``connection_state_ttl``, ``history_size``, ``max_message_size``, ``publish_rate``, ...).
+    ``connection_state_ttl``, ``max_channel_history_bytes``, ``max_message_size``,
+    ``publish_rate``, ``max_connections_per_address``, ``allowed_origins``, ...).
     ``root_key`` fixes the root API key (``"<id>:<secret>"``); by default one is generated.
-    Re-running the notebook cell that called ``serve()`` stops the server it started before.
+    ``ssl`` (an :class:`ssl.SSLContext` for a server, with its certificate loaded) serves
+    TLS: the URL is then ``wss://``. Re-running the notebook cell that called ``serve()``
+    stops the server it started before.
     """
     unknown = set(options) - _OPTION_NAMES
     if unknown:
@@ -118,7 +130,8 @@ def serve(
     config = BrokerConfig(**options)
     key = ApiKey.parse(root_key) if root_key else None
     broker = Broker(config, key)
-    runner = LoopThread(f"rtkit-broker-{port}", lambda: broker.start(host, port), broker.stop)
+    runner = LoopThread(f"rtkit-broker-{port}", lambda: broker.start(host, port, ssl),
+                        broker.stop)
     server = Server(broker, runner)
     _rerun.replace_previous("server", server, Server.stop)
     return server

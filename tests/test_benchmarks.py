@@ -58,3 +58,24 @@ def test_feed_smoke_run_prints_ratios_against_websockets() -> None:
     assert all(float(r[0].replace(",", "")) > 0 for r in rows.values())
     assert rows["websockets + json"][-1] == "1.00x"
     assert result.stdout.splitlines()[-1].startswith("ratios: Feed (ws)=")
+
+
+def test_connections_smoke_run_prints_memory_per_connection() -> None:
+    result = subprocess.run([sys.executable, str(BENCH / "connections.py"), "--quick"],
+                            capture_output=True, text=True, timeout=scaled(120))
+    assert result.returncode == 0, result.stderr
+    [row] = [line.split() for line in result.stdout.splitlines()
+             if line.split() and line.split()[0] == "1000"]
+    assert row[-1] == "KB" and float(row[-2]) > 0
+    assert "connected: 1000 of 1000" in result.stdout and "ratio to target" in result.stdout
+
+
+def test_hostile_smoke_run_prints_quiet_and_attacked_latency() -> None:
+    result = subprocess.run([sys.executable, str(BENCH / "hostile.py"), "--quick"],
+                            capture_output=True, text=True, timeout=scaled(180))
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
+            if line.split() and line.split()[0] in ("quiet", "surrogates", "rewind", "presence")}
+    assert set(rows) == {"quiet", "surrogates", "rewind", "presence"}
+    assert all(float(row[2]) > 0 and int(row[3]) > 0 for row in rows.values())
+    assert "worst attacked p99" in result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -56,3 +57,15 @@ def test_codes_map_to_their_classes() -> None:
 def test_message_object_fields_are_documented() -> None:
     rows = _rows("Channels and messages")
     assert set(rows) == {f.name for f in dataclasses.fields(fr.Message)} - {"channel"}
+
+
+def test_announced_limits_and_the_nesting_depth_are_documented() -> None:
+    from rtkit.core.config import BrokerConfig
+
+    body = DOC.split("## Frames sent by the broker", 1)[1].split("\n## ", 1)[0]
+    for key in BrokerConfig().limits():
+        assert f"`{key}`" in body, f"limits.{key} is not documented"
+    assert f"at most **{fr.MAX_DEPTH}** levels" in DOC
+    example = re.search(r'"limits":(\{[^}]*\})', DOC)
+    assert example is not None
+    assert set(json.loads(example.group(1))) == set(BrokerConfig().limits())

@@ -1,47 +1,62 @@
 """The broker's session logic, sans I/O.
 
 The driver opens a :class:`Session` per transport, feeds every received frame to
-:meth:`BrokerCore.receive` with ``now`` (seconds since the Unix epoch), calls
-:meth:`BrokerCore.tick` regularly, and performs what :meth:`BrokerCore.take_output` returns,
-in order: :class:`Send` (one text to one or many sessions) and :class:`Disconnect`.
+:meth:`BrokerCore.receive`, calls :meth:`BrokerCore.tick` regularly, and performs what
+:meth:`BrokerCore.take_output` returns, in order: :class:`Send` (one text to one or many
+sessions) and :class:`Disconnect`. A driver that sets ``session.flow_control`` also calls
+:meth:`BrokerCore.pump` when that session's connection has drained, to send replays and long
+answers a frame budget at a time (see ``streams.py``).
 
-Deliveries are batched: messages published to a channel during one driver iteration go to
-its subscribers as one ``message`` frame, encoded once for all of them.
+``now`` is **monotonic** seconds: every interval (heartbeats, TTLs, rate limits, the auth
+timeout) is measured with it, so a wall-clock step changes none of them. Wall-clock time (for
+message timestamps, ``server_time`` and token expiry) is ``now + wall_offset``; the driver
+keeps :attr:`BrokerCore.wall_offset` up to date (it is 0 by default: then ``now`` is taken
+for wall time too, as a simulator with one virtual clock wants).
+
+Work is proportional to activity, not to state: timers live in queues ordered by deadline,
+presence is indexed by session, and idle channels are reclaimed a few at a time.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from rtkit.core import frames as fr
-from rtkit.core.channel_ops import ChannelOperations
-from rtkit.core.channels import Channel
+from rtkit.core.channel_ops import ChannelOps
+from rtkit.core.channels import Channel, ChannelRegistry
+from rtkit.core.config import PREAUTH_FRAMES, BrokerConfig
+from rtkit.core.gate import ConnectionGate
 from rtkit.core.session import (
-    BrokerConfig,
     Disconnect,
+    Outbox,
     Output,
     Parked,
     Send,
     Session,
     close_code_for,
 )
-from rtkit.core.tokens import ApiKey, Capability, KeyStore, verify_token
+from rtkit.core.timers import SessionTimers
+from rtkit.core.timing import TokenBucket
+from rtkit.core.tokens import Capability, KeyStore, verify_token
 from rtkit.errors import ProtocolError, RtkitError, error
 
 _ids = itertools.count(1)
+_RATE_LIMITED = fr.dumps(error(42900).to_wire())
+HEARTBEAT = '{"action":"heartbeat"}'
 
 __all__ = [
-    "BrokerConfig", "BrokerCore", "Disconnect", "Output", "Parked", "Send", "Session",
-    "close_code_for",
+    "HEARTBEAT", "BrokerConfig", "BrokerCore", "Disconnect", "Output", "Parked", "Send",
+    "Session", "close_code_for",
 ]
 
 
-class BrokerCore(ChannelOperations):
-    """Channels, sessions and every protocol rule of the broker."""
+class BrokerCore:
+    """Sessions, channels and every protocol rule of the broker."""
 
     def __init__(
         self,
@@ -49,28 +64,34 @@ class BrokerCore(ChannelOperations):
         keys: KeyStore,
         bucket_factory: Callable[[], Any] | None = None,
     ) -> None:
-        from rtkit.core.timing import TokenBucket
-
         self.config = config
         self.keys = keys
-        self.channels: dict[str, Channel] = {}
         self.sessions: dict[str, Session] = {}
-        self.parked: dict[str, Parked] = {}  # by connection_key
-        # Channels forgotten while idle keep their epoch and last serial here, so that one
-        # used again continues its numbering and resuming clients see no false loss.
-        self._tombstones: OrderedDict[str, tuple[str, int]] = OrderedDict()
-        self._out: list[Output] = []
-        self._dirty: dict[Channel, None] = {}
+        self.parked: OrderedDict[str, Parked] = OrderedDict()  # by connection_key, oldest first
+        self.registry = ChannelRegistry(config)
+        self.outbox = Outbox()
+        self.gate = ConnectionGate(config)
+        self.stats = {
+            "connections_opened": 0, "received": 0, "published": 0, "delivered_frames": 0,
+            "protocol_errors": 0, "rate_limited": 0, "slow_consumers": 0, "resumed": 0,
+            "resume_refused": 0, "replayed": 0, "continuity_lost": 0, "revoked": 0,
+        }
+        self.ops = ChannelOps(config, self.registry, self.outbox, self.stats, self._refuse)
         self._bucket_factory = bucket_factory or (
             lambda: TokenBucket(config.publish_rate, config.publish_burst)
         )
-        self._max_batch = max(1024, config.max_frame_size - 512)
-        self.now = 0.0  # the latest time the driver told us about
-        self.stats = {
-            "connections_opened": 0, "received": 0, "published": 0, "delivered_frames": 0,
-            "protocol_errors": 0, "slow_consumers": 0, "resumed": 0, "resume_refused": 0,
-            "replayed": 0, "continuity_lost": 0,
-        }
+        self.now = 0.0  # the latest monotonic time the driver told us about
+        #: Wall-clock seconds minus monotonic seconds (see the module docstring).
+        self.wall_offset = 0.0
+        self.timers = SessionTimers(config)
+
+    @property
+    def channels(self) -> dict[str, Channel]:
+        return self.registry.channels
+
+    def wall(self, now: float) -> float:
+        """Wall-clock seconds for monotonic ``now``."""
+        return now + self.wall_offset
 
     # ---------------------------------------------------------------- session lifecycle
 
@@ -80,6 +101,7 @@ class BrokerCore(ChannelOperations):
         s = Session(cid, f"{cid}!{secrets.token_urlsafe(12)}", now, transport)
         s.bucket = self._bucket_factory()
         self.sessions[cid] = s
+        self.timers.opened(s)
         self.stats["connections_opened"] += 1
         return s
 
@@ -92,22 +114,14 @@ class BrokerCore(ChannelOperations):
             del self.sessions[s.connection_id]
         if s.connected and s.resumable:
             self.parked[s.connection_key] = Parked(s.connection_id, s.client_id, s.published, now)
-        for name in list(s.channels):
-            ch = self.channels.get(name)
-            if ch is not None:
-                self._seal(ch)
-                ch.remove_subscriber(s)
-        for ch in list(self.channels.values()):
-            for member in ch.members_of(s.connection_id):
-                self._presence(ch, "leave", member)
-        s.channels.clear()
+        self.ops.session_gone(s)
 
     def shutdown(self) -> None:
         """Tell every session the broker is going away."""
         err = error(50001)
         for s in list(self.sessions.values()):
-            self._send(s, fr.Closed(error=err))
-            self._out.append(Disconnect(s, 1001, f"{err.code} {err.message}"))
+            self.outbox.send(s, fr.Closed(error=err))
+            self.outbox.disconnect(s, 1001, f"{err.code} {err.message}")
 
     # ---------------------------------------------------------------- input
 
@@ -117,76 +131,99 @@ class BrokerCore(ChannelOperations):
             return
         self.now = now
         self.stats["received"] += 1
+        if not s.connected:
+            s.early_frames += 1
+            if s.early_frames > PREAUTH_FRAMES:  # a tiny allowance before authenticating
+                self.stats["rate_limited"] += 1
+                return self._fatal(s, error(42900, "too many frames before connect"), None)
         ref: fr.Ref | None = None
         try:
-            obj = fr.loads(data)
-            raw_ref = obj.get("ref")
-            if isinstance(raw_ref, int | str) and not isinstance(raw_ref, bool):
-                ref = raw_ref
-            self._dispatch(s, fr.decode_object(obj, fr.CLIENT_FRAMES), now)
+            obj = fr.parse_json(data)
+            ref = _safe_ref(obj.get("ref"))
+            fr.validate(obj, data, fr.CLIENT_FRAME_DEPTH)  # type: ignore[arg-type]
+            f = fr.decode_object(obj, fr.CLIENT_FRAMES)
         except ProtocolError as exc:
-            self._protocol_error(s, exc, ref)
+            return self._refuse(s, ref, exc, False)
+        if s.connected and not s.bucket.take(now):
+            # One rate for every operation; over it, requests are refused (not counted as
+            # protocol errors: a burst is not an attack) and a heartbeat is not echoed.
+            self.stats["rate_limited"] += 1
+            s.rate_limited += 1
+            if isinstance(f, fr.Heartbeat) and f.ref is None:
+                return None
+            action = "nack" if isinstance(f, fr.Publish) else "error"
+            ref_json = fr.dumps(getattr(f, "ref", None))  # a refusal per frame: kept cheap
+            self.outbox.text((s,), f'{{"action":"{action}","ref":{ref_json},'
+                                   f'"error":{_RATE_LIMITED}}}')
+            return None
+        return self._dispatch(s, f, now)
 
-    def _protocol_error(self, s: Session, exc: RtkitError, ref: fr.Ref | None) -> None:
-        s.protocol_errors += 1
-        self.stats["protocol_errors"] += 1
-        if s.protocol_errors > self.config.max_protocol_errors:
-            self._fatal(s, error(42904), ref)
-        else:
-            self._send(s, fr.Error(ref=ref, error=exc))
+    def _refuse(self, s: Session, ref: fr.Ref | None, exc: RtkitError, nack: bool) -> None:
+        """Answer a refused request. Bad requests and refused credentials or capabilities
+        (400xx-403xx) count towards ``max_protocol_errors``; limits (429xx) do not."""
+        if exc.code < 40400:
+            s.protocol_errors += 1
+            self.stats["protocol_errors"] += 1
+            if s.protocol_errors > self.config.max_protocol_errors:
+                return self._fatal(s, error(42904), ref)
+        self.outbox.send(s, fr.Nack(ref=ref, error=exc) if nack else fr.Error(ref=ref, error=exc))
+        return None
 
     def _dispatch(self, s: Session, f: fr.Frame, now: float) -> None:
-        if isinstance(f, fr.Publish):
-            return self._on_publish(s, f, now)
         if isinstance(f, fr.Heartbeat):
             if f.ref is not None:
-                self._send(s, fr.Heartbeat(ref=f.ref))
+                self.outbox.send(s, fr.Heartbeat(ref=f.ref))
             return None
         if isinstance(f, fr.Connect):
             return self._on_connect(s, f, now)
         if not s.connected:
-            raise ProtocolError(code=40005)
+            return self._refuse(s, getattr(f, "ref", None), ProtocolError(code=40005),
+                                isinstance(f, fr.Publish))
+        ops = self.ops
+        if isinstance(f, fr.Publish):
+            return ops.on_publish(s, f, now, self.wall(now))
         if isinstance(f, fr.Attach):
-            return self._on_attach(s, f, now)
+            return ops.on_attach(s, f, now)
         if isinstance(f, fr.Detach):
-            return self._on_detach(s, f)
+            return ops.on_detach(s, f)
         if isinstance(f, fr.History):
-            return self._on_history(s, f, now)
+            return ops.on_history(s, f, now)
         if isinstance(f, fr.Presence):
-            return self._on_presence(s, f, now)
+            return ops.on_presence(s, f, self.wall(now))
         if isinstance(f, fr.Auth):
             return self._on_auth(s, f, now)
         if isinstance(f, fr.Close):
             s.resumable = False
-            self._send(s, fr.Closed(ref=f.ref))
-            self._out.append(Disconnect(s, 1000, "closed by client"))
+            self.outbox.send(s, fr.Closed(ref=f.ref))
+            self.outbox.disconnect(s, 1000, "closed by client")
             return None
         raise ProtocolError(code=40002)  # pragma: no cover - table and dispatch agree
 
     # ---------------------------------------------------------------- connect and auth
 
     def _authenticate(self, f: fr.Connect | fr.Auth, now: float) -> tuple[
-        str | None, Capability, float | None, str, ApiKey | None
+        str | None, Capability, float | None, str, bool
     ]:
+        """(client id, capability, wall expiry, key id, authenticated by key)."""
         key = getattr(f, "key", None)
         if key is not None and f.token is not None:
             raise ProtocolError("give a key or a token, not both", code=40003)
         if key is not None:
             api_key = self.keys.check_key(key)
-            return None, api_key.capability, None, api_key.key_id, api_key
+            return None, api_key.capability, None, api_key.key_id, True
         if f.token is None:
             raise error(40106)
-        claims = verify_token(f.token, self.keys, now)
-        return claims.client_id, claims.capability, claims.expires_at, claims.key_id, None
+        claims = verify_token(f.token, self.keys, self.wall(now))
+        return claims.client_id, claims.capability, claims.expires_at, claims.key_id, False
 
     def _on_connect(self, s: Session, f: fr.Connect, now: float) -> None:
         if s.connected:
-            raise ProtocolError(code=40006)
+            return self._refuse(s, f.ref, ProtocolError(code=40006), False)
         try:
             if f.protocol != fr.PROTOCOL_VERSION:
                 raise ProtocolError(f"protocol {f.protocol} not supported", code=40009)
-            client_id, cap, expires, key_id, api_key = self._authenticate(f, now)
-            if api_key is not None:
+            client_id, cap, expires, key_id, by_key = self._authenticate(f, now)
+            if by_key:
                 client_id = f.client_id
             elif f.client_id is not None and f.client_id != client_id:
                 raise error(40107)
@@ -194,20 +231,21 @@ class BrokerCore(ChannelOperations):
             return self._fatal(s, exc, f.ref)
         s.connected, s.client_id, s.capability = True, client_id, cap
         s.token_expires, s.key_id = expires, key_id
-        s.next_heartbeat = now + self.config.heartbeat_interval
+        self.timers.token(s)
+        self.timers.connected(s, now)
         resumed, resume_error = False, None
         if f.resume is not None:
             resumed = self._resume(s, f.resume, now)
             if not resumed:
                 resume_error = error(40401)
-        self._send(s, fr.Connected(
+        self.outbox.send(s, fr.Connected(
             ref=f.ref,
             connection_id=s.connection_id,
             connection_key=s.connection_key,
             client_id=client_id,
             heartbeat_interval=round(self.config.heartbeat_interval * 1000),
             connection_state_ttl=round(self.config.connection_state_ttl * 1000),
-            server_time=int(now * 1000),
+            server_time=int(self.wall(now) * 1000),
             token_expires=None if expires is None else round(expires * 1000),
             limits=self.config.limits(),
             resumed=resumed,
@@ -216,24 +254,25 @@ class BrokerCore(ChannelOperations):
         return None
 
     def _resume(self, s: Session, key: str, now: float) -> bool:
-        """Give ``s`` the identity of the connection ``key`` names, if still resumable."""
+        """Give ``s`` the identity of the connection ``key`` names, if still resumable and
+        the credentials name the same client. Nothing is touched unless both hold."""
         parked = self.parked.get(key)
         if parked is None:
             # The old transport may be half-open and not noticed yet: take over from it.
-            old_id = key.partition("!")[0]
-            old = self.sessions.get(old_id)
-            if old is None or old.connection_key != key or old is s:
+            old = self.sessions.get(key.partition("!")[0])
+            if (old is None or old is s or not old.connected
+                    or not secrets.compare_digest(old.connection_key, key)
+                    or old.client_id != s.client_id):
                 self.stats["resume_refused"] += 1
                 return False
             old.resumable = False
-            self._out.append(Disconnect(old, 4409, "superseded by a resumed connection"))
+            self.outbox.disconnect(old, 4409, "superseded by a resumed connection")
             self.session_lost(old, now)
             parked = Parked(old.connection_id, old.client_id, old.published, now)
-        elif now - parked.lost_at > self.config.connection_state_ttl:
-            del self.parked[key]
-            self.stats["resume_refused"] += 1
-            return False
-        if parked.client_id != s.client_id:
+        elif (now - parked.lost_at > self.config.connection_state_ttl
+              or parked.client_id != s.client_id):
+            if now - parked.lost_at > self.config.connection_state_ttl:
+                del self.parked[key]
             self.stats["resume_refused"] += 1
             return False
         self.parked.pop(key, None)
@@ -250,78 +289,125 @@ class BrokerCore(ChannelOperations):
             if client_id != s.client_id:
                 raise error(40107)
         except RtkitError as exc:
-            self._send(s, fr.Error(ref=f.ref, error=exc))
-            return
+            return self._refuse(s, f.ref, exc, False)
         s.capability, s.token_expires, s.key_id = cap, expires, key_id
         s.allowed.clear()
-        # A renewed token may grant less: detach from channels it no longer covers.
-        for name in sorted(s.channels):
-            if not cap.allows("subscribe", name):
-                self._detach(s, self.channels[name], None, error(40300))
-        self._send(s, fr.Authorized(
+        self.timers.token(s)
+        # A renewed token may grant less: detach and leave presence where it no longer may.
+        self.ops.narrow(s)
+        self.outbox.send(s, fr.Authorized(
             ref=f.ref,
             client_id=client_id,
             token_expires=None if expires is None else round(expires * 1000),
         ))
+        return None
 
     # ---------------------------------------------------------------- time
 
     def tick(self, now: float) -> None:
-        """Heartbeats, token expiry, auth timeout, resumable sessions and history pruning."""
+        """Due timers only: auth timeouts, heartbeats, token expiries, resumable sessions, and
+        a few channels' expired messages (see :meth:`ChannelRegistry.sweep`)."""
         self.now = now
-        interval = self.config.heartbeat_interval
-        ttl = self.config.connection_state_ttl
-        for key in [k for k, p in self.parked.items() if now - p.lost_at > ttl]:
-            del self.parked[key]
-        for s in list(self.sessions.values()):
-            if not s.connected:
-                if now - s.opened_at > self.config.auth_timeout:
-                    self._fatal(s, error(40005, "no connect frame in time"), None)
-                continue
-            if s.token_expires is not None and s.token_expires <= now:
-                self._fatal(s, error(40140), None)
-            elif s.next_heartbeat <= now:
-                s.next_heartbeat = now + interval
-                self._out.append(Send((s,), '{"action":"heartbeat"}'))
-        now_ms = int(now * 1000)
-        for name, ch in list(self.channels.items()):
-            ch.prune(now_ms)
-            if ch.is_idle() and not ch.pending:
-                del self.channels[name]
-                self._tombstones[name] = (ch.epoch, ch.serial)
-                if len(self._tombstones) > self.config.max_channels:
-                    self._tombstones.popitem(last=False)
+        for s in list(self.timers.late_to_authenticate(now)):
+            self._fatal(s, error(40005, "no connect frame in time"), None)
+        for s in self.timers.heartbeats_due(now):
+            self.outbox.text((s,), HEARTBEAT)
+        for s in list(self.timers.tokens_expired(self.wall(now))):
+            self._fatal(s, error(40140), None)
+        parked, ttl = self.parked, self.config.connection_state_ttl
+        while parked and now - next(iter(parked.values())).lost_at > ttl:
+            parked.popitem(last=False)
+        self.registry.sweep(now)
 
     def expire_tokens(self, client_id: str | None, now: float) -> int:
-        """Make the tokens of ``client_id``'s sessions (all, if None) expire now: the next
-        tick ends those sessions with 40140, as a real expiry would. Returns how many."""
-        hit = [s for s in self.sessions.values() if s.token_expires is not None
+        """End the authorization of ``client_id``'s sessions (all, if None) now, as a token
+        expiry would: each is closed with 40140 and may resume after authenticating again
+        (a token client renews its token; a key client presents its key again). Sessions
+        authenticated with a key are included. Returns how many."""
+        hit = [s for s in self.sessions.values() if s.connected
                and (client_id is None or s.client_id == client_id)]
         for s in hit:
-            s.token_expires = now
+            self._fatal(s, error(40140), None)
+        return len(hit)
+
+    def revoke_key(self, key_id: str, now: float) -> int:
+        """Revoke ``key_id`` (refused from now on) and end every live session authenticated
+        with it or with a token it signed (fatal 40108, not resumable). Returns how many."""
+        self.now = now
+        self.keys.revoke(key_id)
+        # Parked sessions need not be touched: resuming one means authenticating again.
+        hit = [s for s in self.sessions.values() if s.connected and s.key_id == key_id]
+        for s in hit:
+            self._fatal(s, error(40108), None)
+        self.stats["revoked"] += len(hit)
         return len(hit)
 
     def overflowed(self, s: Session) -> None:
-        """The driver found ``s``'s outbound buffer over the limit: disconnect it."""
+        """The driver found ``s``'s outbound buffer over the limit: drop it at once (its buffer
+        is full, so nothing more is sent to it; it may resume later)."""
+        if s.closed:
+            return
         self.stats["slow_consumers"] += 1
-        self._fatal(s, error(42903), None)
+        err = error(42903)
+        s.resumable = True
+        self.outbox.disconnect(s, close_code_for(err), f"{err.code} {err.message}", abort=True)
+        self.session_lost(s, self.now)
 
     # ---------------------------------------------------------------- output
 
-    def _send(self, s: Session, frame: fr.Frame) -> None:
-        self._out.append(Send((s,), fr.encode(frame)))
+    def pump(self, s: Session, budget: float = math.inf) -> bool:
+        """Write about ``budget`` bytes of ``s``'s replays and long answers (at least one
+        frame); returns whether more remain. For drivers that set ``s.flow_control``."""
+        return self.ops.streamer.pump(s, budget)
 
     def _fatal(self, s: Session, err: RtkitError, ref: fr.Ref | None) -> None:
         # An expired token or a slow reader may come back and resume; refused credentials
         # or a protocol abuser may not.
         s.resumable = err.code in (40140, 42903)
-        self._send(s, fr.Error(ref=ref, error=err, fatal=True))
-        self._out.append(Disconnect(s, close_code_for(err), f"{err.code} {err.message}"[:120]))
+        self.outbox.send(s, fr.Error(ref=ref, error=err, fatal=True))
+        self.outbox.disconnect(s, close_code_for(err), f"{err.code} {err.message}"[:120])
         self.session_lost(s, self.now)
 
     def take_output(self) -> list[Output]:
         """Everything to send, in order; batches of pending deliveries are sealed first."""
-        for ch in list(self._dirty):
-            self._seal(ch)
-        out, self._out = self._out, []
-        return out
+        self.ops.flush()
+        return self.outbox.take()
+
+    # ---------------------------------------------------------------- resources
+
+    def resources(self) -> dict[str, dict[str, float | int | None]]:
+        """Each bounded resource: what is in use against its limit (see ``server.stats()``)."""
+        c, reg = self.config, self.registry
+        largest = max((ch.store.message_bytes for ch in reg.channels.values()), default=0)
+        present = sum(len(s.presence or ()) for s in self.sessions.values())
+        most_present = max((len(s.presence or ()) for s in self.sessions.values()), default=0)
+        return {
+            "connections": {"used": self.gate.open or len(self.sessions),
+                            "limit": c.max_connections},
+            "connections_per_address": {"used": max(self.gate.by_address.values(), default=0),
+                                        "limit": c.max_connections_per_address},
+            "channels": {"used": len(reg.channels), "limit": c.max_channels},
+            "channels_per_client": {"used": max(reg.created.values(), default=0),
+                                    "limit": c.max_channels_per_client},
+            "history_bytes": {"used": reg.ledger.bytes, "limit": c.max_history_bytes},
+            "channel_history_bytes": {"used": largest, "limit": c.max_channel_history_bytes},
+            "presence_memberships": {"used": present, "limit": None},
+            "presence_per_connection": {"used": most_present,
+                                        "limit": c.max_presence_per_connection},
+            "resumable_connections": {"used": len(self.parked), "limit": None},
+        }
+
+
+def _safe_ref(value: object) -> fr.Ref | None:
+    """A ref fit to echo in an error (an int or a short valid string), else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and len(value) <= fr.MAX_REF_LENGTH:
+        if value.isascii():
+            return value
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return None
+        return value
+    return None

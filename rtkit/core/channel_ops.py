@@ -1,50 +1,38 @@
 """The broker's channel operations: attach (with rewind or resume), detach, publish,
-history and presence, and the batching of deliveries. :class:`BrokerCore` builds on this."""
+history and presence, and the batching of deliveries. :class:`BrokerCore` owns one
+:class:`ChannelOps` and hands it every channel frame of a connected session."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections.abc import Callable
 
 from rtkit.core import frames as fr
-from rtkit.core.channels import Channel, Stored
-from rtkit.core.frames import dumps
-from rtkit.core.session import BrokerConfig, Output, Send, Session
+from rtkit.core.channels import Channel, ChannelRegistry, encode_message, presence_size
+from rtkit.core.config import FRAME_RESERVE, BrokerConfig
+from rtkit.core.frames import dumps, nbytes
+from rtkit.core.session import Outbox, Session
+from rtkit.core.store import SERIAL, TIMESTAMP
+from rtkit.core.streams import HistoryAnswer, PresenceAnswer, Replay, Streamer
 from rtkit.errors import ProtocolError, RtkitError, error
 
-
-class ChannelOperations:
-    """Channel state and the frames that act on it. Needs the attributes set by
-    :class:`~rtkit.core.broker.BrokerCore` and its ``_send``."""
-
-    config: BrokerConfig
-    channels: dict[str, Channel]
-    stats: dict[str, int]
-    _out: list[Output]
-    _dirty: dict[Channel, None]
-    _max_batch: int
-    _tombstones: OrderedDict[str, tuple[str, int]]
-
-    def _send(self, s: Session, frame: fr.Frame) -> None:
-        raise NotImplementedError  # pragma: no cover - provided by BrokerCore
+#: Reply to a refused request: (session, ref, error, as a nack?) - counts protocol errors.
+Refuse = Callable[[Session, "fr.Ref | None", RtkitError, bool], None]
 
 
-    def _channel(self, name: str) -> Channel:
-        ch = self.channels.get(name)
-        if ch is None:
-            if len(self.channels) >= self.config.max_channels:
-                raise error(42908)
-            c = self.config
-            ch = Channel(
-                name, history_size=c.history_size, history_ttl=c.history_ttl,
-                dedup_size=c.dedup_size,
-            )
-            tomb = self._tombstones.pop(name, None)
-            if tomb is not None:
-                ch.epoch, ch.serial = tomb
-            self.channels[name] = ch
-        return ch
+class ChannelOps:
+    """Channel frames of connected sessions, and the fan-out of what they publish."""
 
-    def _check(self, s: Session, op: str, channel: str) -> None:
+    def __init__(self, config: BrokerConfig, registry: ChannelRegistry, outbox: Outbox,
+                 stats: dict[str, int], refuse: Refuse) -> None:
+        self.config = config
+        self.registry = registry
+        self.outbox = outbox
+        self.stats = stats
+        self.refuse = refuse
+        self.streamer = Streamer(config, outbox, stats, self.seal)
+        self.dirty: dict[Channel, None] = {}
+
+    def check(self, s: Session, op: str, channel: str) -> None:
         key = (op, channel)
         ok = s.allowed.get(key)
         if ok is None:
@@ -54,152 +42,245 @@ class ChannelOperations:
         if not ok:
             raise error(40300, f"{op} on {channel!r} is not permitted by capability")
 
-    def _on_attach(self, s: Session, f: fr.Attach, now: float) -> None:
+    # ---------------------------------------------------------------- attach, detach
+
+    def on_attach(self, s: Session, f: fr.Attach, now: float) -> None:
         try:
-            self._check(s, "subscribe", f.channel)
+            self.check(s, "subscribe", f.channel)
             if f.channel not in s.channels and (
                 len(s.channels) >= self.config.max_channels_per_connection
             ):
                 raise error(42906)
-            ch = self._channel(f.channel)
+            ch = self.registry.get_or_create(f.channel, s.owner)
         except RtkitError as exc:
-            self._send(s, fr.Error(ref=f.ref, error=exc))
+            self.refuse(s, f.ref, exc, False)
             return
-        # Deliver what is already queued to the current subscribers first, so the new one
-        # starts exactly after the serial announced in 'attached'.
-        self._seal(ch)
-        ch.add_subscriber(s)
-        s.channels.add(ch.name)
-        now_ms = int(now * 1000)
-        replay: list[Stored] = []
+        replay_from: int | None = None
         lost, lost_from = False, None
         if f.from_serial is not None:
-            ch.prune(now_ms)
             if f.epoch is not None and f.epoch != ch.epoch:
                 lost = True  # another incarnation of the channel: old serials mean nothing
             elif f.from_serial < ch.serial:
-                replay = ch.since(f.from_serial)
-                if not replay or replay[0].serial != f.from_serial + 1:
+                ch.store.expire(now)
+                first = ch.store.first_serial()
+                if first is None or first > f.from_serial + 1:
                     lost, lost_from = True, f.from_serial + 1
+                replay_from = f.from_serial + 1
             if lost:
                 self.stats["continuity_lost"] += 1
         elif f.rewind:
-            replay = ch.query(min(f.rewind, self.config.history_size), None, now_ms)
-        self._send(s, fr.Attached(ref=f.ref, channel=ch.name, serial=ch.serial, epoch=ch.epoch,
-                                  lost=lost, lost_from=lost_from))
-        self._replay(s, ch, replay)
+            ch.store.expire(now)
+            replay_from = max(1, ch.serial - min(f.rewind, self.config.history_size) + 1)
+        # Attaching again replaces what was under way for this channel.
+        self.streamer.cancel(s, ch)
+        s.channels.add(ch.name)
+        self.outbox.send(s, fr.Attached(ref=f.ref, channel=ch.name, serial=ch.serial,
+                                        epoch=ch.epoch, lost=lost, lost_from=lost_from))
+        if replay_from is not None and replay_from <= ch.serial:
+            ch.remove_subscriber(s)  # live again once the replay has caught up
+            self.streamer.start(s, Replay(ch, replay_from))
+        else:
+            # Deliver what is already queued to the current subscribers first, so the new
+            # one starts exactly after the serial announced in 'attached'.
+            self.seal(ch)
+            ch.add_subscriber(s)
 
-    def _replay(self, s: Session, ch: Channel, stored: list[Stored]) -> None:
-        """Send stored messages to one session in frames that respect the frame limit."""
-        self.stats["replayed"] += len(stored)
-        batch: list[str] = []
-        size = 0
-        for m in stored:
-            if batch and size + len(m.fragment) + 256 > self._max_batch:
-                self._send_batch((s,), ch, batch)
-                batch, size = [], 0
-            batch.append(m.fragment)
-            size += len(m.fragment) + 1
-        self._send_batch((s,), ch, batch)
-
-    def _on_detach(self, s: Session, f: fr.Detach) -> None:
-        ch = self.channels.get(f.channel)
+    def on_detach(self, s: Session, f: fr.Detach) -> None:
+        ch = self.registry.get(f.channel)
         if ch is None or f.channel not in s.channels:
-            self._send(s, fr.Detached(ref=f.ref, channel=f.channel))
+            self.outbox.send(s, fr.Detached(ref=f.ref, channel=f.channel))
             return
-        self._detach(s, ch, f.ref, None)
+        self.detach(s, ch, f.ref, None)
 
-    def _detach(self, s: Session, ch: Channel, ref: fr.Ref | None, err: RtkitError | None) -> None:
-        self._seal(ch)
+    def detach(self, s: Session, ch: Channel, ref: fr.Ref | None, err: RtkitError | None) -> None:
+        self.seal(ch)
         ch.remove_subscriber(s)
+        self.streamer.cancel(s, ch)
         s.channels.discard(ch.name)
-        self._send(s, fr.Detached(ref=ref, channel=ch.name, error=err))
+        self.outbox.send(s, fr.Detached(ref=ref, channel=ch.name, error=err))
+        self.registry.reclaim_if_idle(ch)
 
-    def _on_publish(self, s: Session, f: fr.Publish, now: float) -> None:
-        if not s.connected:
-            raise ProtocolError(code=40005)
+    # ---------------------------------------------------------------- publish
+
+    def on_publish(self, s: Session, f: fr.Publish, now: float, wall: float) -> None:
+        c = self.config
         try:
-            self._check(s, "publish", f.channel)
-            if not s.bucket.take(now):
-                raise error(42900)
-            data_json = dumps(f.data)
-            size = len(data_json.encode()) + len(f.name.encode())
-            if size > self.config.max_message_size:
-                raise error(42901, f"message is {size} bytes; the limit is "
-                                   f"{self.config.max_message_size}")
-            ch = self._channel(f.channel)
+            self.check(s, "publish", f.channel)
+            try:
+                data_json = dumps(f.data)
+            except ValueError:  # e.g. 1e999 parsed as infinity: not JSON any client reads
+                raise ProtocolError("invalid JSON: a number out of range", code=40001) from None
+            size = nbytes(data_json) + nbytes(f.name)
+            if size > c.max_message_size:
+                raise error(42901, f"message is {size} bytes; the limit is {c.max_message_size}")
+            ch = self.registry.get_or_create(f.channel, s.owner)
         except RtkitError as exc:
-            self._send(s, fr.Nack(ref=f.ref, error=exc))
+            self.refuse(s, f.ref, exc, True)
             return
-        dup = ch.find_duplicate(f.id) if f.id is not None else None
+        # Ids are scoped per publisher (its client id, else its connection): nobody else can
+        # make one of its publishes look like a duplicate.
+        key = None if f.id is None else f"{s.owner}|{f.id}"
+        dup = ch.store.find(key) if key is not None else None
         if dup is not None:
-            self._send(s, fr.Ack(ref=f.ref, channel=ch.name, id=dup.id, serial=dup.serial,
-                                 timestamp=dup.timestamp, duplicate=True))
+            self.outbox.send(s, fr.Ack(ref=f.ref, channel=ch.name, id=f.id or "", duplicate=True,
+                                       serial=dup[SERIAL], timestamp=dup[TIMESTAMP]))
+            return
+        msg_id = f.id if f.id is not None else f"{s.connection_id}:{s.published + 1}"
+        timestamp = int(wall * 1000)
+        fragment = encode_message(msg_id, f.name, data_json, ch.serial + 1, timestamp,
+                                  s.client_id)
+        fsize = nbytes(fragment)
+        if fsize + FRAME_RESERVE > c.max_frame_size:  # its ids and name made it too big
+            self.refuse(s, f.ref, error(42901, "message too large for a frame"), True)
             return
         s.published += 1
-        msg_id = f.id if f.id is not None else f"{s.connection_id}:{s.published}"
-        if ch.pending_bytes + size + 256 > self._max_batch:
-            self._seal(ch)
-        stored = ch.append(msg_id, f.name, data_json, int(now * 1000), s.client_id)
+        if ch.pending_events or ch.pending_bytes + fsize + 1 + ch.envelope > c.max_frame_size:
+            self.seal(ch)
+        ch.serial += 1
+        ch.store.append((ch.serial, timestamp, now, key, fragment, fsize), now)
         self.stats["published"] += 1
         if ch.subscribers:
-            self._dirty[ch] = None
-        else:
-            ch.take_pending()
-        ack = (f'{{"action":"ack","ref":{dumps(f.ref)},"channel":{ch.name_json},'
-               f'"id":{dumps(msg_id)},"serial":{stored.serial},"timestamp":{stored.timestamp}}}')
-        self._out.append(Send((s,), ack))
+            ch.queue(fragment, fsize)
+            self.dirty[ch] = None
+        self.outbox.text((s,), f'{{"action":"ack","ref":{dumps(f.ref)},"channel":{ch.name_json},'
+                               f'"id":{dumps(msg_id)},"serial":{ch.serial},'
+                               f'"timestamp":{timestamp}}}')
 
-    def _on_history(self, s: Session, f: fr.History, now: float) -> None:
+    # ---------------------------------------------------------------- history, presence
+
+    def on_history(self, s: Session, f: fr.History, now: float) -> None:
         try:
-            self._check(s, "history", f.channel)
+            self.check(s, "history", f.channel)
         except RtkitError as exc:
-            self._send(s, fr.Error(ref=f.ref, error=exc))
+            self.refuse(s, f.ref, exc, False)
             return
-        ch = self.channels.get(f.channel)
+        ch = self.registry.get(f.channel)
         limit = min(f.limit or 100, max(1, self.config.history_size))
-        items = ch.query(limit, f.before, int(now * 1000), f.after) if ch else []
-        body = ",".join(m.fragment for m in items)
-        self._out.append(Send((s,), f'{{"action":"history_result","ref":{dumps(f.ref)},'
-                                    f'"channel":{dumps(f.channel)},"messages":[{body}]}}'))
+        lo, hi = 1, 0  # empty
+        if ch is not None:
+            ch.store.expire(now)
+            first = ch.store.first_serial()
+            if first is not None:
+                hi = ch.serial if f.before is None else min(ch.serial, f.before - 1)
+                # after: the first ``limit`` messages after it; else the latest ``limit``.
+                lo = max(first, f.after + 1 if f.after is not None else hi - limit + 1)
+        self.streamer.start(s, HistoryAnswer(dumps(f.ref), ch, dumps(f.channel), lo, hi, limit))
 
-    def _on_presence(self, s: Session, f: fr.Presence, now: float) -> None:
+    def on_presence(self, s: Session, f: fr.Presence, wall: float) -> None:
+        c = self.config
         try:
             if f.op == "get":
                 if not (s.capability.allows("subscribe", f.channel)
                         or s.capability.allows("presence", f.channel)):
-                    self._check(s, "presence", f.channel)
+                    self.check(s, "presence", f.channel)
+                ch = self.registry.get(f.channel)
             else:
-                self._check(s, "presence", f.channel)
+                self.check(s, "presence", f.channel)
                 if s.client_id is None:
                     raise error(40010)
-                if not fr.is_json_value(f.data) or len(dumps(f.data)) > 4096:
-                    raise error(42901, "presence data must be JSON of at most 4096 bytes")
-            ch = self._channel(f.channel)
+                try:
+                    size = presence_size(f.data)
+                except (TypeError, ValueError):
+                    raise ProtocolError("invalid JSON: a number out of range",
+                                        code=40001) from None
+                if size > c.presence_data_limit:
+                    raise error(42901, f"presence data is {size} bytes; the limit is "
+                                       f"{c.presence_data_limit}")
+                present = s.presence or ()
+                if f.op != "leave" and f.channel not in present and (
+                        len(present) >= c.max_presence_per_connection):
+                    raise error(42910)
+                ch = (self.registry.get(f.channel) if f.op == "leave"
+                      else self.registry.get_or_create(f.channel, s.owner))
         except RtkitError as exc:
-            self._send(s, fr.Error(ref=f.ref, error=exc))
+            self.refuse(s, f.ref, exc, False)
             return
-        if f.op != "get":
+        if f.op != "get" and ch is not None:
             assert s.client_id is not None
-            member = fr.PresenceMember(s.client_id, s.connection_id, f.data, int(now * 1000))
-            self._presence(ch, f.op, member)
-        self._send(s, fr.PresenceResult(
-            ref=f.ref, channel=ch.name, members=tuple(ch.members.values())))
+            member = fr.PresenceMember(s.client_id, s.connection_id, f.data, int(wall * 1000))
+            self.presence(ch, f.op, member)
+            if f.op == "leave":
+                if s.presence is not None:
+                    s.presence.discard(ch.name)
+            else:
+                if s.presence is None:
+                    s.presence = set()
+                s.presence.add(ch.name)
+        members = list(ch.members.values()) if ch is not None else []
+        name_json = ch.name_json if ch is not None else dumps(f.channel)
+        self.streamer.start(s, PresenceAnswer(dumps(f.ref), name_json, members))
+        if ch is not None:
+            self.registry.reclaim_if_idle(ch)
 
-    def _presence(self, ch: Channel, op: str, member: fr.PresenceMember) -> None:
+    def presence(self, ch: Channel, op: str, member: fr.PresenceMember) -> None:
+        """Apply a presence change and queue its event for the channel's subscribers; the
+        events of one flush go out in one ``presence_event`` frame, like messages."""
         kind = ch.presence_change(op, member)  # type: ignore[arg-type]
         if kind is not None and ch.subscribers:
-            self._seal(ch)
-            event = fr.PresenceEvent(channel=ch.name, changes=(fr.PresenceChange(kind, member),))
-            self._out.append(Send(ch.targets, fr.encode(event)))
+            event = dumps({"type": kind, **member.to_wire()})
+            size = nbytes(event)
+            room = self.config.max_frame_size - ch.envelope - 8  # "presence_event" is longer
+            if ch.pending or ch.events_bytes + size + 1 > room:
+                self.seal(ch)
+            ch.queue_event(event, size)
+            self.dirty[ch] = None
 
-    def _send_batch(self, targets: tuple[Session, ...], ch: Channel, batch: list[str]) -> None:
-        if batch and targets:
-            self._out.append(Send(targets, f'{{"action":"message","channel":{ch.name_json},'
-                                           f'"messages":[{",".join(batch)}]}}'))
-            self.stats["delivered_frames"] += 1
+    def leave(self, s: Session, name: str) -> None:
+        """Take ``s`` out of ``name``'s presence (announced)."""
+        if s.presence is not None:
+            s.presence.discard(name)
+        ch = self.registry.get(name)
+        if ch is not None and s.client_id is not None:
+            member = ch.members.get((s.client_id, s.connection_id))
+            if member is not None:
+                self.presence(ch, "leave", member)
+            self.registry.reclaim_if_idle(ch)
 
-    def _seal(self, ch: Channel) -> None:
+    # ---------------------------------------------------------------- sessions
+
+    def session_gone(self, s: Session) -> None:
+        """Detach ``s`` everywhere, drop its streams and leave its presence (announced)."""
+        touched = []
+        for name in s.channels:
+            ch = self.registry.get(name)
+            if ch is not None:
+                self.seal(ch)
+                ch.remove_subscriber(s)
+                touched.append(ch)
+        touched.extend(self.streamer.cancel(s))
+        s.channels.clear()
+        for name in list(s.presence or ()):
+            self.leave(s, name)
+        for ch in touched:
+            self.registry.reclaim_if_idle(ch)
+
+    def narrow(self, s: Session) -> None:
+        """``s``'s capabilities changed: detach from channels and leave presence where they
+        are no longer allowed."""
+        for name in sorted(s.channels):
+            ch = self.registry.get(name)
+            if ch is not None and not s.capability.allows("subscribe", name):
+                self.detach(s, ch, None, error(40300))
+        for name in sorted(s.presence or ()):
+            if not s.capability.allows("presence", name):
+                self.leave(s, name)
+
+    # ---------------------------------------------------------------- batching
+
+    def seal(self, ch: Channel) -> None:
+        """Hand the channel's pending batch to the driver as one frame for all subscribers."""
         if ch.pending:
-            self._send_batch(ch.targets, ch, ch.take_pending())
-        self._dirty.pop(ch, None)
+            batch = ch.take_pending()
+            if ch.targets:
+                self.outbox.text(ch.targets, f"{ch.prefix}{','.join(batch)}]}}")
+                self.stats["delivered_frames"] += 1
+        if ch.pending_events:
+            events = ch.take_events()
+            if ch.targets:
+                self.outbox.text(ch.targets, f'{{"action":"presence_event","channel":'
+                                             f'{ch.name_json},"events":[{",".join(events)}]}}')
+        self.dirty.pop(ch, None)
+
+    def flush(self) -> None:
+        for ch in list(self.dirty):
+            self.seal(ch)

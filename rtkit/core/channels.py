@@ -1,28 +1,21 @@
-"""One channel's state inside the broker: serials, bounded history, dedup window, presence.
+"""Channels inside the broker: serials, subscribers, presence and the pending batch of one
+channel (:class:`Channel`), and the registry that creates, charges and reclaims them
+(:class:`ChannelRegistry`).
 
-Messages are encoded to JSON exactly once, when published; history replies and deliveries
-join those encoded fragments instead of encoding again per subscriber or per request.
+Messages are encoded to JSON exactly once, when published; deliveries, replays and history
+answers join those encoded fragments instead of encoding again.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, Literal
 
-from rtkit.core.frames import PresenceMember, dumps
-
-
-@dataclass(frozen=True, slots=True)
-class Stored:
-    """A message as the channel keeps it: its serial, time, id and encoded JSON object."""
-
-    serial: int
-    timestamp: int  # ms since the Unix epoch
-    id: str
-    fragment: str
+from rtkit.core.config import BrokerConfig
+from rtkit.core.frames import PresenceMember, dumps, nbytes
+from rtkit.core.store import Ledger, Store
+from rtkit.errors import error
 
 
 def encode_message(
@@ -42,24 +35,28 @@ class Channel:
     or the channel is recreated, so a client can tell that old serials mean nothing here.
     """
 
-    def __init__(
-        self, name: str, *, history_size: int, history_ttl: float, dedup_size: int
-    ) -> None:
+    def __init__(self, name: str, store: Store, owner: str) -> None:
         self.name = name
         self.name_json = dumps(name)
+        # A message frame is prefix + comma-separated messages + "]}": ``envelope`` bytes.
+        self.prefix = f'{{"action":"message","channel":{self.name_json},"messages":['
+        self.envelope = nbytes(self.prefix) + 2
         self.epoch = secrets.token_hex(6)
         self.serial = 0
-        self.history: deque[Stored] = deque(maxlen=history_size)
-        self.history_ttl = history_ttl
-        self._dedup: OrderedDict[str, Stored] = OrderedDict()
-        self._dedup_size = dedup_size
+        self.store = store
+        self.owner = owner  # charged for creating it (see ChannelRegistry)
         # Insertion-ordered set of subscriber sessions, plus a cached tuple for fan-out.
         self.subscribers: dict[Any, None] = {}
         self._targets: tuple[Any, ...] | None = ()
-        # Encoded messages not yet handed to the driver (one batch per flush).
+        # Encoded messages not yet handed to the driver (one batch per flush) and their bytes;
+        # likewise presence events. Only one kind is pending at a time (their order matters).
         self.pending: list[str] = []
         self.pending_bytes = 0
+        self.pending_events: list[str] = []
+        self.events_bytes = 0
         self.members: dict[tuple[str, str], PresenceMember] = {}
+        self.attaching = 0  # sessions replaying this channel before going live
+        self.dead = False
 
     # -- subscribers ------------------------------------------------------------------
 
@@ -79,68 +76,23 @@ class Channel:
             self._targets = tuple(self.subscribers)
         return self._targets
 
-    # -- messages ---------------------------------------------------------------------
+    # -- pending batch ----------------------------------------------------------------
 
-    def find_duplicate(self, msg_id: str) -> Stored | None:
-        """The message already published with this id, if still in the dedup window."""
-        return self._dedup.get(msg_id)
-
-    def append(
-        self, msg_id: str, name: str, data_json: str, now_ms: int, client_id: str | None
-    ) -> Stored:
-        """Give a message the next serial, store it in history and queue it for delivery."""
-        self.serial += 1
-        fragment = encode_message(msg_id, name, data_json, self.serial, now_ms, client_id)
-        stored = Stored(self.serial, now_ms, msg_id, fragment)
-        self.history.append(stored)
-        self._dedup[msg_id] = stored
-        if len(self._dedup) > self._dedup_size:
-            self._dedup.popitem(last=False)
+    def queue(self, fragment: str, size: int) -> None:
         self.pending.append(fragment)
-        self.pending_bytes += len(fragment) + 1
-        return stored
+        self.pending_bytes += size + 1
 
     def take_pending(self) -> list[str]:
         batch, self.pending, self.pending_bytes = self.pending, [], 0
         return batch
 
-    def prune(self, now_ms: int) -> None:
-        """Drop history older than ``history_ttl``."""
-        limit = now_ms - int(self.history_ttl * 1000)
-        history = self.history
-        while history and history[0].timestamp < limit:
-            history.popleft()
+    def queue_event(self, event: str, size: int) -> None:
+        self.pending_events.append(event)
+        self.events_bytes += size + 1
 
-    def query(
-        self, limit: int, before: int | None, now_ms: int, after: int | None = None
-    ) -> list[Stored]:
-        """Stored messages with ``after`` < serial < ``before``, oldest first: the first
-        ``limit`` of them when ``after`` is given, else the latest ``limit``."""
-        self.prune(now_ms)
-        if after is not None:
-            picked = [m for m in self.since(after) if before is None or m.serial < before]
-            return picked[:limit]
-        picked = []
-        for stored in reversed(self.history):
-            if before is not None and stored.serial >= before:
-                continue
-            picked.append(stored)
-            if len(picked) >= limit:
-                break
-        picked.reverse()
-        return picked
-
-    def since(self, serial: int) -> list[Stored]:
-        """Every stored message with a serial above ``serial``, oldest first."""
-        history = self.history
-        if not history or history[-1].serial <= serial:
-            return []
-        # Serials in history are consecutive, so the start index is a subtraction.
-        start = max(0, serial - history[0].serial + 1)
-        return [history[i] for i in range(start, len(history))]
-
-    def oldest_serial(self) -> int | None:
-        return self.history[0].serial if self.history else None
+    def take_events(self) -> list[str]:
+        events, self.pending_events, self.events_bytes = self.pending_events, [], 0
+        return events
 
     # -- presence ---------------------------------------------------------------------
 
@@ -155,9 +107,96 @@ class Channel:
         self.members[key] = member
         return "update" if existed else "enter"
 
-    def members_of(self, connection_id: str) -> Iterable[PresenceMember]:
-        return [m for m in self.members.values() if m.connection_id == connection_id]
-
     def is_idle(self) -> bool:
-        """No subscribers, no members and no history: safe to forget."""
-        return not self.subscribers and not self.members and not self.history
+        """No subscribers, members, replays or stored messages: safe to forget."""
+        return (not self.subscribers and not self.members and not self.attaching
+                and not self.store.records and not self.store.ids and not self.pending
+                and not self.pending_events)
+
+
+class ChannelRegistry:
+    """Every channel of the broker: creation within the quotas, and reclaiming idle ones.
+
+    Idle channels are found incrementally: each :meth:`sweep` looks at a bounded number of
+    channels (round robin), so the broker's periodic work does not grow with their number.
+    """
+
+    SWEEP = 64  # channels examined per tick
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.ledger = Ledger(config.max_history_bytes, config.connection_state_ttl)
+        self.channels: dict[str, Channel] = {}
+        self.created: dict[str, int] = {}  # owner -> channels it created that still exist
+        # Channels forgotten while idle keep their epoch and last serial here, so that one
+        # used again continues its numbering and resuming clients see no false loss.
+        self.tombstones: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._rotation: deque[Channel] = deque()
+
+    def __len__(self) -> int:
+        return len(self.channels)
+
+    def get(self, name: str) -> Channel | None:
+        return self.channels.get(name)
+
+    def get_or_create(self, name: str, owner: str) -> Channel:
+        """The channel ``name``, created (and charged to ``owner``) if needed: 42908 when the
+        broker is full, 42909 when ``owner`` already created ``max_channels_per_client``."""
+        ch = self.channels.get(name)
+        if ch is not None:
+            return ch
+        c = self.config
+        if len(self.channels) >= c.max_channels:
+            raise error(42908)
+        if self.created.get(owner, 0) >= c.max_channels_per_client:
+            raise error(42909, f"this client already created {c.max_channels_per_client} "
+                               "channels that still exist")
+        store = Store(self.ledger, c.max_channel_history_bytes, c.retention,
+                      c.connection_state_ttl)
+        ch = Channel(name, store, owner)
+        tomb = self.tombstones.pop(name, None)
+        if tomb is not None:
+            ch.epoch, ch.serial = tomb
+        self.channels[name] = ch
+        self.created[owner] = self.created.get(owner, 0) + 1
+        self._rotation.append(ch)
+        return ch
+
+    def reclaim_if_idle(self, ch: Channel) -> bool:
+        """Forget ``ch`` if nothing uses it any more; returns whether it was forgotten."""
+        if ch.dead or not ch.is_idle() or self.channels.get(ch.name) is not ch:
+            return False
+        ch.dead = True
+        del self.channels[ch.name]
+        ch.store.clear()
+        left = self.created.get(ch.owner, 1) - 1
+        if left:
+            self.created[ch.owner] = left
+        else:
+            self.created.pop(ch.owner, None)
+        self.tombstones[ch.name] = (ch.epoch, ch.serial)
+        if len(self.tombstones) > self.config.max_channels:
+            self.tombstones.popitem(last=False)
+        return True
+
+    def sweep(self, now: float) -> int:
+        """Expire old messages and reclaim idle channels, a few channels per call."""
+        rotation = self._rotation
+        for _ in range(min(self.SWEEP, len(rotation))):
+            ch = rotation.popleft()
+            if ch.dead:
+                continue
+            ch.store.expire(now)
+            if not self.reclaim_if_idle(ch):
+                rotation.append(ch)
+        self.ledger.enforce(now)
+        return len(rotation)
+
+    def stored_bytes(self, name: str) -> int:
+        ch = self.channels.get(name)
+        return ch.store.bytes if ch is not None else 0
+
+
+def presence_size(data: Any) -> int:
+    """Bytes of presence data as JSON (UTF-8); raises ValueError/TypeError if not JSON."""
+    return nbytes(dumps(data))

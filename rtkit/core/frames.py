@@ -25,6 +25,8 @@ from rtkit.core.replies import (
     PresenceResult,
 )
 from rtkit.core.wire import (
+    CLIENT_FRAME_DEPTH,
+    MAX_DEPTH,
     MAX_ID_LENGTH,
     MAX_NAME_LENGTH,
     MAX_REF_LENGTH,
@@ -41,11 +43,16 @@ from rtkit.core.wire import (
     dumps,
     is_json_value,
     loads,
+    nbytes,
+    parse_json,
+    validate,
     validate_channel_name,
 )
 from rtkit.errors import ProtocolError
 
 __all__ = [
+    "CLIENT_FRAME_DEPTH",
+    "MAX_DEPTH",
     "MAX_ID_LENGTH",
     "MAX_NAME_LENGTH",
     "MAX_REF_LENGTH",
@@ -72,6 +79,9 @@ __all__ = [
     "dumps",
     "is_json_value",
     "loads",
+    "nbytes",
+    "parse_json",
+    "validate",
     "validate_channel_name",
 ]
 
@@ -249,7 +259,11 @@ SERVER_FRAMES: dict[str, type[Frame]] = {
 
 
 def decode(text: str | bytes, table: dict[str, type[Frame]]) -> Frame:
-    """Decode one frame using ``table`` (:data:`CLIENT_FRAMES` or :data:`SERVER_FRAMES`)."""
+    """Decode one frame using ``table`` (:data:`CLIENT_FRAMES` or :data:`SERVER_FRAMES`).
+
+    Client frames may nest one level less than broker frames (see :data:`MAX_DEPTH`)."""
+    if table is CLIENT_FRAMES:
+        return decode_object(loads(text, CLIENT_FRAME_DEPTH), table)
     return decode_object(loads(text), table)
 
 
@@ -272,8 +286,6 @@ def decode_client_frame(text: str | bytes) -> Frame:
 def decode_server_frame(text: str | bytes) -> Frame:
     """Decode a frame sent by the broker (as a client does)."""
     return decode(text, SERVER_FRAMES)
-
-
 
 
 def encode(frame: Frame) -> str:

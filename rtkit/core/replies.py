@@ -143,30 +143,38 @@ class Messages(Frame):
 
 @dataclass(frozen=True, slots=True)
 class HistoryResult(Frame):
+    """Stored messages, oldest first. A long answer comes as several frames with the same
+    ``ref``: every one but the last has ``more: true``."""
+
     ACTION: ClassVar[str] = "history_result"
     ref: Ref | None = None
     channel: str = ""
     messages: tuple[Message, ...] = ()
+    more: bool = False
 
     @classmethod
     def parse(cls, r: _Reader) -> HistoryResult:
         channel = r.channel()
         items = r.array("messages")
         msgs = tuple(Message.from_wire(m, channel, r.action) for m in items)
-        return cls(ref=r.ref(), channel=channel, messages=msgs)
+        return cls(ref=r.ref(), channel=channel, messages=msgs, more=r.opt_bool("more"))
 
 
 @dataclass(frozen=True, slots=True)
 class PresenceResult(Frame):
+    """The members of a channel; like ``history_result``, split over several frames with
+    ``more: true`` on all but the last when they do not fit in one."""
+
     ACTION: ClassVar[str] = "presence_result"
     ref: Ref | None = None
     channel: str = ""
     members: tuple[PresenceMember, ...] = ()
+    more: bool = False
 
     @classmethod
     def parse(cls, r: _Reader) -> PresenceResult:
         members = tuple(PresenceMember.from_wire(m, r.action) for m in r.array("members"))
-        return cls(ref=r.ref(), channel=r.channel(), members=members)
+        return cls(ref=r.ref(), channel=r.channel(), members=members, more=r.opt_bool("more"))
 
 
 @dataclass(frozen=True, slots=True)

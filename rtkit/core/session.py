@@ -1,54 +1,36 @@
-"""The broker's plain records: its options, one client session, a parked (resumable)
-session, and the outputs the core hands to its driver."""
+"""The broker's plain records: one client session, a parked (resumable) session, and the
+outputs the core hands to its driver (:class:`Send`, :class:`Disconnect`) through an
+:class:`Outbox`."""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rtkit.core import frames as fr
+from rtkit.core.config import BrokerConfig
 from rtkit.core.tokens import Capability
 from rtkit.errors import RtkitError
 
+if TYPE_CHECKING:
+    from rtkit.core.streams import Stream
 
-@dataclass(frozen=True, slots=True)
-class BrokerConfig:
-    """Broker options. Times in seconds, sizes in bytes (UTF-8 JSON)."""
+_NOTHING = Capability({})
 
-    heartbeat_interval: float = 15.0
-    connection_state_ttl: float = 120.0
-    history_size: int = 1000
-    history_ttl: float = 3600.0
-    max_message_size: int = 64 * 1024
-    max_frame_size: int = 256 * 1024
-    publish_rate: float = 1000.0
-    publish_burst: int = 2000
-    max_channels_per_connection: int = 1000
-    max_channels: int = 100_000
-    max_outbound_buffer: int = 8 * 1024 * 1024
-    max_protocol_errors: int = 50
-    dedup_size: int = 10_000
-    auth_timeout: float = 10.0
-
-    def __post_init__(self) -> None:
-        if self.heartbeat_interval <= 0 or self.connection_state_ttl < 0:
-            raise ValueError("heartbeat_interval must be > 0 and connection_state_ttl >= 0")
-        if self.history_size < 0 or self.max_message_size > self.max_frame_size:
-            raise ValueError("history_size must be >= 0 and max_message_size <= max_frame_size")
-
-    def limits(self) -> dict[str, int]:
-        return {
-            "max_message_size": self.max_message_size,
-            "max_frame_size": self.max_frame_size,
-            "publish_rate": int(self.publish_rate),
-            "publish_burst": self.publish_burst,
-            "history_size": self.history_size,
-            "max_channels": self.max_channels_per_connection,
-        }
+__all__ = [
+    "BrokerConfig", "Disconnect", "Outbox", "Output", "Parked", "Send", "Session",
+    "close_code_for",
+]
 
 
 @dataclass(eq=False, slots=True)
 class Session:
-    """One client connection as the broker sees it. ``transport`` belongs to the driver."""
+    """One client connection as the broker sees it. ``transport`` belongs to the driver.
+
+    Kept small (thousands of idle connections): collections that most sessions never use
+    (presence memberships, pending streams) are created on first use.
+    """
 
     connection_id: str
     connection_key: str
@@ -58,17 +40,37 @@ class Session:
     closed: bool = False
     client_id: str | None = None
     key_id: str | None = None
-    capability: Capability = field(default_factory=lambda: Capability({}))
+    capability: Capability = _NOTHING
+    #: Wall-clock expiry of the token (None for a key or before connecting).
     token_expires: float | None = None
     channels: set[str] = field(default_factory=set)
     # Memo of capability checks: (operation, channel) -> allowed. Cleared when it changes.
     allowed: dict[tuple[str, str], bool] = field(default_factory=dict)
     bucket: Any = None
     protocol_errors: int = 0
+    #: Requests refused for the rate (a driver may read more slowly from a flooder).
+    rate_limited: int = 0
+    #: Frames received before ``connected`` (a tiny allowance, see PREAUTH_FRAMES).
+    early_frames: int = 0
     next_heartbeat: float = 0.0
     published: int = 0
     #: False once the session ended on purpose (close, fatal error): nothing to resume.
     resumable: bool = True
+    #: Channels where this session is present (None until it first enters).
+    presence: set[str] | None = None
+    #: Replays and long answers still to send, oldest first (None when there are none).
+    streams: deque[Stream] | None = None
+    #: True when the driver sends streams itself as the connection drains (see
+    #: ``BrokerCore.pump``); otherwise they are written out at once, in frames.
+    flow_control: bool = False
+
+    @property
+    def owner(self) -> str:
+        """Who is charged for quotas and scopes publish ids: the client id when there is one,
+        else the connection (whose id survives a resume)."""
+        if self.client_id is not None:
+            return f"u{len(self.client_id)}:{self.client_id}"
+        return f"c:{self.connection_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +91,41 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Disconnect:
+    """Close the session's transport with ``close_code``; with ``abort`` drop it at once
+    without a closing handshake (its outbound buffer is full: nothing more can be sent)."""
+
     session: Session
     close_code: int
     reason: str
+    abort: bool = False
 
 
 Output = Send | Disconnect
+
+
+class Outbox:
+    """What the core wants sent, in order, until the driver takes it."""
+
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: list[Output] = []
+
+    def send(self, s: Session, frame: fr.Frame) -> None:
+        self.items.append(Send((s,), fr.encode(frame)))
+
+    def send_many(self, targets: tuple[Session, ...], frame: fr.Frame) -> None:
+        self.items.append(Send(targets, fr.encode(frame)))
+
+    def text(self, targets: tuple[Session, ...], text: str) -> None:
+        self.items.append(Send(targets, text))
+
+    def disconnect(self, s: Session, code: int, reason: str, abort: bool = False) -> None:
+        self.items.append(Disconnect(s, code, reason, abort))
+
+    def take(self) -> list[Output]:
+        items, self.items = self.items, []
+        return items
 
 
 def close_code_for(err: RtkitError) -> int:

@@ -3,17 +3,19 @@
 * An **API key** ``"<key_id>:<secret>"`` is for trusted code: it carries its own capabilities
   (the broker's root key carries every capability) and signs tokens.
 * A **token** is a JWT signed with a key's secret (header ``kid`` = key id) whose claims are
-  ``sub`` (client id, optional), ``cap`` (capabilities), ``iat`` and ``exp`` (seconds since the
-  Unix epoch; fractions allowed). Effective capabilities are the token's *and* its key's.
+  ``sub`` (client id, optional, 1-128 characters), ``cap`` (capabilities), ``iat`` and ``exp``
+  (seconds since the Unix epoch; fractions allowed; ``exp - iat`` at most :data:`MAX_TTL`) and
+  optionally ``nbf`` (not valid before). Effective capabilities are the token's *and* its key's.
 * **Capabilities** map channel patterns to operations. In a pattern, ``*`` matches any run of
   characters, so ``"chat:*"`` covers ``chat:lobby`` and ``"*"`` covers every channel. The
   operations are ``publish``, ``subscribe``, ``history`` and ``presence``; ``"*"`` means all.
+  Matching takes time linear in the lengths of pattern and name (no backtracking).
 """
 
 from __future__ import annotations
 
 import hmac
-import re
+import math
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,19 +30,41 @@ OPERATIONS = ("publish", "subscribe", "history", "presence")
 ALGORITHM = "HS256"
 MAX_TTL = 24 * 3600.0
 MIN_SECRET = 32
+MAX_CLIENT_ID = 128
+#: How far in the future a token's ``iat`` may be (clocks of issuer and broker differ a little).
+CLOCK_SKEW = 60.0
 
 CapabilityMap = Mapping[str, Iterable[str]]
 
 
 @lru_cache(maxsize=4096)
-def _compile(pattern: str) -> re.Pattern[str]:
-    parts = (".*" if part == "*" else re.escape(part) for part in re.split(r"(\*)", pattern))
-    return re.compile("".join(parts) + r"\Z", re.DOTALL)
+def _segments(pattern: str) -> tuple[str, ...]:
+    return tuple(pattern.split("*"))
 
 
 def pattern_matches(pattern: str, channel: str) -> bool:
-    """Whether a capability pattern covers ``channel`` (``*`` matches any characters)."""
-    return _compile(pattern).match(channel) is not None
+    """Whether a capability pattern covers ``channel`` (``*`` matches any characters).
+
+    The literal pieces between stars are found left to right, each at its first place after
+    the previous one: for patterns whose only wildcard is ``*`` that greedy choice is always
+    right, so matching never backtracks (time linear in the lengths, unlike a regex).
+    """
+    parts = _segments(pattern)
+    if len(parts) == 1:
+        return pattern == channel
+    first, last = parts[0], parts[-1]
+    if len(first) + len(last) > len(channel):
+        return False
+    if not channel.startswith(first) or not channel.endswith(last):
+        return False
+    pos, end = len(first), len(channel) - len(last)
+    for part in parts[1:-1]:
+        if part:
+            found = channel.find(part, pos, end)
+            if found < 0:
+                return False
+            pos = found + len(part)
+    return True
 
 
 def normalize_capabilities(caps: object) -> dict[str, tuple[str, ...]]:
@@ -52,7 +76,7 @@ def normalize_capabilities(caps: object) -> dict[str, tuple[str, ...]]:
         raise ValueError("capabilities must be a mapping of channel pattern to operations")
     out: dict[str, tuple[str, ...]] = {}
     for pattern, ops in caps.items():
-        if not isinstance(pattern, str) or not pattern or len(pattern) > 256:
+        if not isinstance(pattern, str) or not pattern or len(pattern) > 256 or not _valid(pattern):
             raise ValueError(f"invalid channel pattern {pattern!r}")
         if isinstance(ops, str) or not isinstance(ops, Iterable):
             raise ValueError(f"operations for {pattern!r} must be a list of names")
@@ -65,6 +89,15 @@ def normalize_capabilities(caps: object) -> dict[str, tuple[str, ...]]:
             names.add(op)
         out[pattern] = tuple(OPERATIONS) if "*" in names else tuple(sorted(names))
     return out
+
+
+def _valid(text: str) -> bool:
+    """Valid Unicode (no lone surrogates), so it can be encoded as UTF-8 and sent anywhere."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +171,8 @@ class TokenClaims:
     issued_at: float
     expires_at: float
     key_id: str
+    #: The ``nbf`` claim: not valid before this time (None when absent).
+    not_before: float | None = None
 
     def ttl(self, now: float) -> float:
         """Seconds left before expiry (negative once expired)."""
@@ -210,18 +245,40 @@ def issue_token(
     return jwt.encode(claims, key.secret, algorithm=ALGORITHM, headers={"kid": key.key_id})
 
 
+def _time_claim(payload: dict[str, Any], name: str, required: bool) -> float | None:
+    value = payload.get(name)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidCredentials(f"token claim {name!r} must be a number", code=40102)
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds) or not 0 <= seconds < 1e11:
+        raise InvalidCredentials(f"token claim {name!r} is out of range", code=40102)
+    return seconds
+
+
 def _claims_from(payload: dict[str, Any], key_id: str) -> TokenClaims:
-    sub, exp, iat = payload.get("sub"), payload.get("exp"), payload.get("iat", 0)
-    if sub is not None and not isinstance(sub, str):
-        raise InvalidCredentials("token claim 'sub' must be a string", code=40102)
-    for name, value in (("exp", exp), ("iat", iat)):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InvalidCredentials(f"token claim {name!r} must be a number", code=40102)
+    """The claims of a decoded payload, each checked for type and range (all ``40102``)."""
+    sub = payload.get("sub")
+    if sub is not None and (not isinstance(sub, str) or not 1 <= len(sub) <= MAX_CLIENT_ID
+                            or not _valid(sub)):
+        raise InvalidCredentials(
+            f"token claim 'sub' must be a string of 1 to {MAX_CLIENT_ID} characters", code=40102)
+    exp = _time_claim(payload, "exp", True)
+    iat = _time_claim(payload, "iat", True)
+    nbf = _time_claim(payload, "nbf", False)
+    assert exp is not None and iat is not None
+    if not 0 < exp - iat <= MAX_TTL + 0.001:  # issue_token rounds to the ms
+        raise InvalidCredentials(
+            f"token lifetime (exp - iat) must be between 0 and {MAX_TTL:.0f} seconds", code=40102)
     try:
         capability = Capability.of(payload.get("cap", {}))
     except ValueError as exc:
         raise InvalidCredentials(f"token claim 'cap': {exc}", code=40102) from None
-    return TokenClaims(sub, capability, float(iat), float(exp), key_id)  # type: ignore[arg-type]
+    return TokenClaims(sub, capability, iat, exp, key_id, nbf)
 
 
 def inspect_token(token: str) -> TokenClaims:
@@ -237,9 +294,10 @@ def inspect_token(token: str) -> TokenClaims:
 def verify_token(token: str, keys: KeyStore, now: float) -> TokenClaims:
     """Check a token's form, algorithm, key, signature and expiry; return its claims.
 
-    Raises :class:`InvalidCredentials` (40102 malformed, 40103 bad signature, 40104 algorithm
+    Raises :class:`InvalidCredentials` (40102 malformed or a claim out of range - ``iat``
+    more than :data:`CLOCK_SKEW` ahead, before ``nbf`` -, 40103 bad signature, 40104 algorithm
     not allowed - ``alg: none`` included, 40105 unknown key, 40108 revoked key) or
-    :class:`TokenExpired` (40140).
+    :class:`TokenExpired` (40140). ``now`` is wall-clock time (seconds since the epoch).
     """
     try:
         header = jwt.get_unverified_header(token)
@@ -262,11 +320,18 @@ def verify_token(token: str, keys: KeyStore, now: float) -> TokenClaims:
         raise InvalidCredentials(code=40103) from None
     except jwt.PyJWTError as exc:
         raise InvalidCredentials(f"malformed token: {exc}", code=40102) from None
+    if not isinstance(payload, dict):
+        raise InvalidCredentials("malformed token: claims are not an object", code=40102)
     claims = _claims_from(payload, kid)
+    if claims.issued_at > now + CLOCK_SKEW:
+        raise InvalidCredentials("token issued in the future ('iat')", code=40102)
+    if claims.not_before is not None and now < claims.not_before:
+        raise InvalidCredentials("token not valid yet ('nbf')", code=40102)
     if claims.expires_at <= now:
         raise TokenExpired(f"token expired {now - claims.expires_at:.3f} s ago")
     if key.capability.grants_everything():
         return claims
     # Effective capability: what the token asks for, within what its key may grant.
     capability = Capability(claims.capability.rules, within=key.capability)
-    return TokenClaims(claims.client_id, capability, claims.issued_at, claims.expires_at, kid)
+    return TokenClaims(claims.client_id, capability, claims.issued_at, claims.expires_at, kid,
+                       claims.not_before)

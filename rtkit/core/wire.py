@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal
 
@@ -21,6 +22,13 @@ MAX_CHANNEL_LENGTH = 256
 MAX_NAME_LENGTH = 256
 MAX_ID_LENGTH = 128
 PRESENCE_OPS = ("enter", "update", "leave", "get")
+#: Message and presence data may nest arrays and objects at most this deep (``[[1]]`` is 2).
+MAX_DEPTH = 64
+#: A frame from a client: its data sits one level down (``{"data": ...}``).
+CLIENT_FRAME_DEPTH = MAX_DEPTH + 1
+#: A frame from the broker: data sits three levels down (``{"messages": [{"data": ...}]}``),
+#: so every frame the broker can build from accepted data decodes within this limit.
+SERVER_FRAME_DEPTH = MAX_DEPTH + 3
 PresenceOp = Literal["enter", "update", "leave", "get"]
 
 
@@ -231,19 +239,74 @@ def _reject_constant(name: str) -> Any:
     raise ProtocolError(f"{name} is not valid JSON", code=40001)
 
 
-def loads(text: str | bytes) -> dict[str, Any]:
-    """Parse one frame's JSON object (strict: no NaN/Infinity, text frames only)."""
+# A JSON escape of a surrogate not paired with its partner, or a raw surrogate (possible only
+# in text built by Python code): such strings are not valid Unicode and cannot be encoded as
+# UTF-8, so no client could receive them. A match is confirmed by encoding (see _refuse_...).
+_LONE_SURROGATE = re.compile(
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    r"|[\ud800-\udfff]"
+)
+
+
+def parse_json(text: str | bytes) -> dict[str, Any]:
+    """Parse one frame's JSON object, without the checks of :func:`validate`."""
     if not isinstance(text, str):
         raise ProtocolError(code=40004)
     try:
         obj = json.loads(text, parse_constant=_reject_constant)
     except ProtocolError:
         raise
-    except (ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: too deep for the parser
         raise ProtocolError(f"invalid JSON: {exc}", code=40001) from None
     if not isinstance(obj, dict):
         raise ProtocolError("a frame must be a JSON object", code=40000)
     return obj
+
+
+def validate(obj: dict[str, Any], text: str, max_depth: int = SERVER_FRAME_DEPTH) -> None:
+    """Refuse what some client could not encode or decode: strings that are not valid Unicode
+    (lone surrogates, ``40001``) and nesting deeper than ``max_depth`` (``40011``).
+
+    Both checks look at the raw text first (C-speed scans) and walk the object only when the
+    text could hold a problem, so ordinary frames pay almost nothing.
+    """
+    if _LONE_SURROGATE.search(text) is not None:
+        try:
+            dumps(obj).encode()
+        except UnicodeEncodeError:
+            raise ProtocolError("invalid JSON: a string holds a lone UTF-16 surrogate",
+                                code=40001) from None
+    if text.count("[") + text.count("{") > max_depth and depth_exceeds(obj, max_depth):
+        raise ProtocolError(f"nested more than {max_depth} levels", code=40011)
+
+
+def depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests arrays and objects more than ``limit`` levels (iterative)."""
+    if type(value) is not dict and type(value) is not list:
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if level > limit:
+            return True
+        for child in (node.values() if type(node) is dict else node):
+            if type(child) is dict or type(child) is list:
+                stack.append((child, level + 1))
+    return False
+
+
+def loads(text: str | bytes, max_depth: int = SERVER_FRAME_DEPTH) -> dict[str, Any]:
+    """Parse and check one frame's JSON object: strict (no NaN/Infinity, text frames only,
+    valid Unicode) and nested at most ``max_depth`` levels."""
+    obj = parse_json(text)
+    validate(obj, text, max_depth)  # type: ignore[arg-type]
+    return obj
+
+
+def nbytes(text: str) -> int:
+    """The UTF-8 size of ``text`` (no copy for ASCII)."""
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def dumps(obj: Any) -> str:

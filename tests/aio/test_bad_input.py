@@ -257,3 +257,33 @@ async def test_many_bad_clients_at_once(strict_server: rtkit.Server, bystander: 
     await still_served(strict_server, bystander)
     await eventually(lambda: strict_server.stats()["connections"] == 1, timeout=5,
                      what="aborted sessions cleaned up")
+
+
+async def test_item1_one_bad_item_in_a_flush_never_drops_the_rest() -> None:
+    from rtkit.core.broker import Send
+
+    broker = rtkit.Broker(rtkit.BrokerConfig(heartbeat_interval=5.0))
+    await broker.start()
+    try:
+        a, b = [await ws_connect(broker.url, ping_interval=None) for _ in range(2)]
+        for ws in (a, b):
+            await ws.send(json.dumps({"action": "connect", "ref": 0, "key": broker.root_key.value}))
+            assert json.loads(await within(ws.recv()))["action"] == "connected"
+        real = broker.core.take_output
+
+        def poisoned() -> list:
+            items = real()
+            if items and isinstance(items[0], Send):  # something no connection can be sent
+                items.insert(0, Send(items[0].targets, "\ud800"))
+            return items
+
+        broker.core.take_output = poisoned  # type: ignore[method-assign]
+        await a.send(json.dumps({"action": "heartbeat", "ref": 1}))
+        await b.send(json.dumps({"action": "heartbeat", "ref": 2}))
+        assert await next_reply(a) == {"action": "heartbeat", "ref": 1}
+        assert await next_reply(b) == {"action": "heartbeat", "ref": 2}
+        broker.core.take_output = real  # type: ignore[method-assign]
+        await a.close()
+        await b.close()
+    finally:
+        await broker.stop()

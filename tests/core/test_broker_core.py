@@ -152,8 +152,9 @@ def test_idempotent_publish_with_client_id() -> None:
     assert [m["id"] for f in h.take(sub) for m in f["messages"]] == ["m-1"]
 
 
-def test_history_is_bounded_by_count_and_age() -> None:
-    h = Harness(history_size=3, history_ttl=10.0)
+def test_history_answers_are_capped_by_history_size_and_messages_expire() -> None:
+    # history_size caps what one request returns; storage is bounded by time and bytes.
+    h = Harness(history_size=3, history_ttl=10.0, connection_state_ttl=5.0)
     s = h.connect("p")
     for i in range(5):
         h.send(s, {"action": "publish", "ref": i, "channel": "c", "name": "n", "data": i})
@@ -304,7 +305,7 @@ def test_channel_limits() -> None:
 
 
 def test_idle_channels_are_forgotten_after_their_history_expires() -> None:
-    h = Harness(history_ttl=1.0)
+    h = Harness(history_ttl=1.0, connection_state_ttl=1.0)
     s = h.connect("p")
     h.send(s, {"action": "publish", "ref": 1, "channel": "c", "name": "n"})
     h.take(s)
@@ -314,7 +315,7 @@ def test_idle_channels_are_forgotten_after_their_history_expires() -> None:
     assert "c" not in h.core.channels
     # Used again: same epoch, numbering continues, so a resume from serial 1 loses nothing.
     h.send(s, {"action": "attach", "ref": 2, "channel": "c", "from_serial": 1,
-               "epoch": h.core._tombstones["c"][0]})
+               "epoch": h.core.registry.tombstones["c"][0]})
     [attached] = h.take(s)
     assert attached["serial"] == 1 and "lost" not in attached
 

@@ -7,6 +7,8 @@ import json
 
 import jwt
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from rtkit.core.tokens import (
     ApiKey,
@@ -168,3 +170,35 @@ def test_api_key_parse() -> None:
     for bad in ("nocolon", ":" + "x" * 32, "abc:short"):
         with pytest.raises(ValueError):
             ApiKey.parse(bad)
+
+
+def _reference_match(pattern: str, channel: str) -> bool:
+    import re
+
+    parts = (".*" if p == "*" else re.escape(p) for p in re.split(r"(\*)", pattern))
+    return re.fullmatch("".join(parts), channel, re.DOTALL) is not None
+
+
+@settings(max_examples=500)
+@given(pattern=st.text(alphabet="ab*", max_size=8), channel=st.text(alphabet="ab", max_size=10))
+def test_linear_pattern_matching_agrees_with_a_regex(pattern: str, channel: str) -> None:
+    assume(pattern)
+    assert pattern_matches(pattern, channel) is _reference_match(pattern, channel)
+
+
+@pytest.mark.parametrize("claims", [
+    {"exp": NOW + 10 * 365 * 86400}, {"nbf": NOW + 3600}, {"exp": float("inf")},
+    {"exp": 10**400}, {"iat": NOW + 3600, "exp": NOW + 3700}, {"sub": "x" * 129},
+    {"sub": "\ud800"}, {"cap": {"\udc00*": ["publish"]}},
+])
+def test_claims_out_of_range_are_malformed(claims: dict) -> None:
+    payload = {"sub": "a", "cap": {"*": ["*"]}, "iat": NOW, "exp": NOW + 60, **claims}
+    token = jwt.encode(payload, ROOT.secret, algorithm="HS256", headers={"kid": "root"})
+    with pytest.raises(InvalidCredentials) as info:
+        verify_token(token, KEYS, NOW)
+    assert info.value.code == 40102
+
+
+def test_a_128_character_client_id_and_a_24_hour_token_are_fine() -> None:
+    token = issue_token(ROOT, now=NOW, client_id="x" * 128, ttl=24 * 3600)
+    assert verify_token(token, KEYS, NOW).client_id == "x" * 128
