@@ -144,6 +144,13 @@ class BrokerCore:
             f = fr.decode_object(obj, fr.CLIENT_FRAMES)
         except ProtocolError as exc:
             return self._refuse(s, ref, exc, False)
+        held = s.held_for
+        if held is not None and isinstance(f, fr.Publish) and f.id != held:
+            # An earlier publish was refused for rate and not sent again yet: refuse the
+            # later ones too, so the connection's publishes keep their order.
+            self.outbox.text((s,), f'{{"action":"nack","ref":{fr.dumps(f.ref)},'
+                                   f'"error":{_RATE_LIMITED}}}')
+            return None
         if s.connected and not s.bucket.take(now):
             # One rate for every operation; over it, requests are refused (not counted as
             # protocol errors: a burst is not an attack) and a heartbeat is not echoed.
@@ -151,11 +158,15 @@ class BrokerCore:
             s.rate_limited += 1
             if isinstance(f, fr.Heartbeat) and f.ref is None:
                 return None
+            if isinstance(f, fr.Publish) and f.id is not None and held is None:
+                s.held_for = f.id  # until this one is sent again
             action = "nack" if isinstance(f, fr.Publish) else "error"
             ref_json = fr.dumps(getattr(f, "ref", None))  # a refusal per frame: kept cheap
             self.outbox.text((s,), f'{{"action":"{action}","ref":{ref_json},'
                                    f'"error":{_RATE_LIMITED}}}')
             return None
+        if held is not None and isinstance(f, fr.Publish):
+            s.held_for = None  # the refused publish is back: the order is kept
         return self._dispatch(s, f, now)
 
     def _refuse(self, s: Session, ref: fr.Ref | None, exc: RtkitError, nack: bool) -> None:

@@ -56,7 +56,7 @@ class ChannelOps:
             self.refuse(s, f.ref, exc, False)
             return
         replay_from: int | None = None
-        lost, lost_from = False, None
+        lost, lost_from, lost_to = False, None, None
         if f.from_serial is not None:
             if f.epoch is not None and f.epoch != ch.epoch:
                 lost = True  # another incarnation of the channel: old serials mean nothing
@@ -65,6 +65,7 @@ class ChannelOps:
                 first = ch.store.first_serial()
                 if first is None or first > f.from_serial + 1:
                     lost, lost_from = True, f.from_serial + 1
+                    lost_to = ch.serial if first is None else first - 1
                 replay_from = f.from_serial + 1
             if lost:
                 self.stats["continuity_lost"] += 1
@@ -75,7 +76,8 @@ class ChannelOps:
         self.streamer.cancel(s, ch)
         s.channels.add(ch.name)
         self.outbox.send(s, fr.Attached(ref=f.ref, channel=ch.name, serial=ch.serial,
-                                        epoch=ch.epoch, lost=lost, lost_from=lost_from))
+                                        epoch=ch.epoch, lost=lost, lost_from=lost_from,
+                                        lost_to=lost_to))
         if replay_from is not None and replay_from <= ch.serial:
             ch.remove_subscriber(s)  # live again once the replay has caught up
             self.streamer.start(s, Replay(ch, replay_from))

@@ -37,6 +37,9 @@ CS = ChannelState
 CT = ChannelTrigger
 #: Codes after which an attach is worth retrying soon instead of failing the channel.
 TRANSIENT_CODES = frozenset({42900, 50000, 50001})
+#: Repairs from one position before a gap is declared lost (an undecodable message would
+#: otherwise be asked for again and again).
+REPAIR_TRIES = 3
 #: Attach kinds: a first attach, one that resumes a position, one for a rewinding
 #: subscription, one that repairs a gap on a live link.
 FRESH, RESUME, REWIND, REPAIR = "fresh", "resume", "rewind", "repair"
@@ -96,7 +99,8 @@ class ChannelCore:
         self.detach_waiters: list[int] = []
         self.replay: Replay | None = None
         self.repairing = False
-        self.repair_from = -1  # the serial the last repair resumed from
+        self.repair_from = -1  # the serial the last repairs resumed from
+        self.repair_tries = 0  # how many repairs from there did not fill the gap
         self.replay_until = 0  # on a resume, serials up to this were replayed
         self.replayed = 0
         self.retry_at: float | None = None
@@ -196,7 +200,10 @@ class ChannelCore:
                               tuple(s.id for s in self.subs.values() if s.live))
         elif self.state is CS.ATTACHED:
             if self.repairing:
-                self.repair_from = self.tracker.serial
+                if self.repair_from == self.tracker.serial:
+                    self.repair_tries += 1
+                else:
+                    self.repair_from, self.repair_tries = self.tracker.serial, 1
                 self._request(None, REPAIR, {"from_serial": self.tracker.serial,
                                              "epoch": self.tracker.epoch})
             else:
@@ -366,7 +373,7 @@ class ChannelCore:
                 continue  # the repair's replay brings these again, in order
             verdict = tracker.check(msg)
             if verdict is Verdict.GAP:
-                if self.repair_from != tracker.serial:
+                if self.repair_from != tracker.serial or self.repair_tries < REPAIR_TRIES:
                     self._flush(out)
                     out = []
                     self.repairing = True  # attach again from the last serial delivered
@@ -415,6 +422,9 @@ class ChannelCore:
         """Messages up to ``to_serial`` will never come: report them lost, move past them."""
         t = self.tracker
         if to_serial <= t.serial:
+            return
+        if self._live and all(self._ahead.get(sub, 0) >= to_serial for sub in self._live):
+            t.skip_to(to_serial)  # every subscription has them already (its own replay)
             return
         self.report(ContinuityLoss(self.name, t.serial + 1, t.serial, reason, now, to_serial,
                                    t.epoch))

@@ -72,12 +72,12 @@ class ClientCore:
         self.machine = StateMachine(now)
         self.session: Session | None = None
         self.out: list[Output] = []
-        self.requests = Requests(self.out)
+        self.outbox = Outbox(config.max_queued_bytes, config.max_queued_publishes)
+        self.requests = Requests(self.out, self.outbox.charge)
         self.credentials = Credentials(config.key, config.token, config.renewable,
                                        config.auth_timeout, config.backoff, rng)
         self.credentials.wall_offset = wall_offset
         self.renewal = Renewal(self.credentials, self.requests, self.out)
-        self.outbox = Outbox(config.max_queued_bytes, config.max_queued_publishes)
         self.publishing = Publishing(self.outbox, self.requests, self.out)
         self.schedule = Schedule(config.backoff, rng, config.suspended_retry_interval, now)
         self.channels: dict[str, ChannelCore] = {}

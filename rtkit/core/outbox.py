@@ -94,6 +94,13 @@ class Outbox:
             return
         self._bucket = TokenBucket(rate * 0.9, max(1.0, burst * 0.5), updated=now)
 
+    def charge(self) -> None:
+        """Another frame went out (an attach, a heartbeat...): the broker's rate counts
+        every frame, so the pacing does too."""
+        bucket = self._bucket
+        if bucket is not None:
+            bucket.tokens = max(-bucket.burst, bucket.tokens - 1.0)
+
     def next_send_at(self, now: float) -> float | None:
         """When the pacing allows the next send, if something waits unsent."""
         if not self._unsent:

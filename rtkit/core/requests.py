@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +49,9 @@ class Waiting:
 class Requests:
     """Refs, operations and their deadlines. ``out`` is the core's output list."""
 
-    def __init__(self, out: list[Output]) -> None:
+    def __init__(self, out: list[Output], on_send: Callable[[], None] | None = None) -> None:
         self.out = out
+        self._on_send = on_send  # every request frame counts against the broker's rate
         self.pending: dict[fr.Ref, Pending] = {}
         self.waiting: dict[int, Waiting] = {}
         self._refs = itertools.count(1)
@@ -70,6 +72,8 @@ class Requests:
         ref = next(self._refs)
         self.pending[ref] = pending
         self.out.append(Send(fr.encode(frame_type(ref=ref, **fields))))  # type: ignore[call-arg]
+        if self._on_send is not None:
+            self._on_send()
         return ref
 
     def pop(self, ref: fr.Ref | None) -> Pending | None:

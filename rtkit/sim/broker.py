@@ -44,7 +44,7 @@ class SimBroker:
         self.config = config
         self.root = root
         self.keys = KeyStore([root])
-        self.core = BrokerCore(config, self.keys)
+        self.core = self._new_core()
         self.up = True
         self.stats = BrokerStats()
         self._sessions: dict[int, Session] = {}  # link id -> session
@@ -58,6 +58,17 @@ class SimBroker:
     def wall(self) -> float:
         return WALL_START + self.clock.now
 
+    @property
+    def now(self) -> float:
+        """The broker's monotonic clock: the virtual clock (wall time is
+        ``now + core.wall_offset``)."""
+        return self.clock.now
+
+    def _new_core(self) -> BrokerCore:
+        core = BrokerCore(self.config, self.keys)
+        core.wall_offset = WALL_START
+        return core
+
     def _load(self) -> Load:
         res = self.stats.resolution
         bucket = int(self.clock.now / res)
@@ -69,7 +80,7 @@ class SimBroker:
     # ---------------------------------------------------------------- links
 
     def accept(self, link: Link) -> None:
-        session = self.core.open_session(self.wall, link)
+        session = self.core.open_session(self.now, link)
         link.session = session
         self._sessions[link.id] = session
         self._links[link.id] = link
@@ -80,14 +91,14 @@ class SimBroker:
         if session is None:
             return
         self._load().frames_in += 1
-        self.core.receive(session, text, self.wall)
+        self.core.receive(session, text, self.now)
         self._schedule_flush()
 
     def link_gone(self, link: Link) -> None:
         session = self._sessions.pop(link.id, None)
         self._links.pop(link.id, None)
         if session is not None:
-            self.core.session_lost(session, self.wall)
+            self.core.session_lost(session, self.now)
             self._schedule_flush()
 
     # ---------------------------------------------------------------- output
@@ -122,7 +133,7 @@ class SimBroker:
     def _tick(self, generation: int) -> None:
         if generation != self._generation or not self.up:
             return
-        self.core.tick(self.wall)
+        self.core.tick(self.now)
         self._load().sessions = len(self.core.sessions)
         self._flush()
         self._schedule_tick()
@@ -149,7 +160,7 @@ class SimBroker:
                 return  # restarted again meanwhile: that restart starts it
             if config:
                 self.config = dataclasses.replace(self.config, **config)
-            self.core = BrokerCore(self.config, self.keys)
+            self.core = self._new_core()
             self.up = True
             self._schedule_tick()
 
@@ -160,9 +171,14 @@ class SimBroker:
         ch = self.core.channels.get(channel)
         if ch is not None:
             return ch.epoch
-        tomb = self.core._tombstones.get(channel)
+        tomb = self.core.registry.tombstones.get(channel)
         return tomb[0] if tomb is not None else None
 
+    def first_stored(self, channel: str) -> int | None:
+        """The oldest serial the broker still stores for ``channel`` (None: none)."""
+        ch = self.core.channels.get(channel)
+        return ch.store.first_serial() if ch is not None else None
+
     def expire_tokens(self, client_id: str | None = None) -> int:
-        n = self.core.expire_tokens(client_id, self.wall)
+        n = self.core.expire_tokens(client_id, self.now)
         return n

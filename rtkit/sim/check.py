@@ -65,6 +65,9 @@ def _covers(loss: ContinuityLoss, epoch: str | None, serial: int, until: int | N
 def _check_sub(client: SimClient, sub: SubRecord, acked: dict[str, list[tuple[str | None, int,
                str, float]]], final: bool, out: list[Violation]) -> None:
     view = _view(client, sub)
+    ids_by_serial: dict[str | None, dict[int, str]] = {}
+    for epoch, serial, mid, _ in acked.get(sub.channel, []):
+        ids_by_serial.setdefault(epoch, {})[serial] = mid
     seen: set[str] = set()
     last: tuple[str | None, int] | None = None
     pending: list[ContinuityLoss] = []  # losses since the last message
@@ -93,11 +96,16 @@ def _check_sub(client: SimClient, sub: SubRecord, acked: dict[str, list[tuple[st
                 if serial <= l_serial:
                     out.append(Violation(name, f"serial {serial} after {l_serial}: out of "
                                                f"order"))
-                elif serial > l_serial + 1 and not any(
-                        _covers(x, epoch, l_serial + 1, serial - 1) and
-                        _covers(x, epoch, serial - 1, serial - 1) for x in pending):
-                    out.append(Violation(name, f"serials {l_serial + 1}..{serial - 1} skipped "
-                                               f"without a continuity loss"))
+                elif serial > l_serial + 1:
+                    ids = ids_by_serial.get(epoch, {})
+                    unexplained = [
+                        n for n in range(l_serial + 1, serial)
+                        if ids.get(n) not in seen  # (a copy of a message delivered before)
+                        and not any(_covers(x, epoch, n, serial - 1) for x in pending)]
+                    if unexplained:
+                        out.append(Violation(name, f"serials {unexplained[0]}.."
+                                                   f"{unexplained[-1]} skipped without a "
+                                                   f"continuity loss"))
             elif not any(x.epoch == l_epoch for x in pending):
                 out.append(Violation(name, f"epoch changed {l_epoch} -> {epoch} without a "
                                            f"continuity loss"))
@@ -164,6 +172,23 @@ def _check_client(sim: Simulation, c: SimClient, final: bool, out: list[Violatio
                 out.append(Violation(c.name, f"{kind} operation {op} never answered"))
 
 
+def _check_losses(c: SimClient, out: list[Violation]) -> None:
+    """A loss is a fact: the messages it names were no longer at the broker (or the
+    channel was recreated, or the network lost frames on the way to this client)."""
+    for channel, entries in c.record.timeline.items():
+        for e in entries:
+            loss, held = e.loss, e.broker
+            if loss is None or held is None or loss.last_lost is None:
+                continue
+            epoch, first, lossy = held
+            if lossy or epoch != loss.epoch:
+                continue
+            if first is not None and loss.last_lost >= first:
+                out.append(Violation(c.name, f"a loss on {channel} names serials "
+                                             f"{max(first, loss.first_lost or 0)}.."
+                                             f"{loss.last_lost} the broker still had"))
+
+
 def settled(sim: Simulation) -> bool:
     """Every live client connected, every publish answered, every subscription attached,
     no frame in flight."""
@@ -203,6 +228,7 @@ def check(sim: Simulation, final: bool = True) -> list[Violation]:
                 out.append(Violation(c.name, f"publish {p.id} never answered"))
     for c in sim.clients.values():
         _check_client(sim, c, final, out)
+        _check_losses(c, out)
         alive = c.core is not None and c.state not in (S.CLOSED, S.FAILED, S.INITIALIZED)
         if final and alive and c.state is not S.CONNECTED:
             out.append(Violation(c.name, f"stuck in {c.state.value}"))

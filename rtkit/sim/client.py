@@ -62,6 +62,9 @@ class Entry:
     messages: tuple[tuple[str | None, int, str], ...] = ()  # (epoch, serial, id)
     subs: tuple[int, ...] = ()
     loss: ContinuityLoss | None = None
+    #: For a loss: what the broker held then (its epoch, its oldest stored serial), and
+    #: whether frames to this client had been lost by the network so far.
+    broker: tuple[str | None, int | None, bool] | None = None
 
 
 @dataclass
@@ -268,7 +271,11 @@ class SimClient:
                 for m in item.messages:
                     self.on_message(item.channel, m.data)
         elif isinstance(item, ev.Lost):
-            rec.timeline.setdefault(item.loss.channel, []).append(Entry(now, loss=item.loss))
+            ch_name = item.loss.channel
+            held = (self.sim.broker.epoch_of(ch_name), self.sim.broker.first_stored(ch_name),
+                    self.sim.network.lost_by_client.get(self.name, 0) > 0)
+            rec.timeline.setdefault(ch_name, []).append(Entry(now, loss=item.loss,
+                                                              broker=held))
         elif isinstance(item, (ev.OpDone, ev.OpFailed)):
             self._op_outcome(item, now)
         elif isinstance(item, ev.StateChanged):

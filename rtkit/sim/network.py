@@ -118,6 +118,7 @@ class Link:
         if net.faults.lose_message and text.startswith('{"action":"message"') and \
                 net.rng.random() < net.faults.lose_message:
             net.lost_frames += 1
+            net.lost_by_client[self.client] = net.lost_by_client.get(self.client, 0) + 1
             return
         self.frames_down += 1
         self.bytes_down += len(text)
@@ -175,6 +176,7 @@ class Network:
         self.broker: SimBroker | None = None
         self.links: dict[int, Link] = {}
         self.lost_frames = 0
+        self.lost_by_client: dict[str, int] = {}
         self.connects = 0
         self.refused = 0
         #: Connection attempts per bucket of ``attempt_resolution`` seconds.

@@ -99,7 +99,9 @@ class Runner:
 
     def __init__(self, scenario: Scenario) -> None:
         self.sc = scenario
-        self.sim = Simulation(scenario.seed, history_size=scenario.history_size,
+        # history_size: about how many small messages a channel's history budget holds.
+        self.sim = Simulation(scenario.seed,
+                              max_channel_history_bytes=scenario.history_size * 450,
                               publish_rate=scenario.publish_rate,
                               publish_burst=max(10, scenario.publish_rate // 4),
                               connection_state_ttl=scenario.connection_state_ttl, **BROKER)

@@ -242,7 +242,7 @@ def test_a_resume_beyond_history_says_which_messages_were_lost() -> None:
     name the lost messages precisely, but the broker (channel_ops._on_attach) never sends
     ``lost_to``: the ContinuityLoss says 'from serial 1, every later message' although the
     broker knows exactly that 1..15 are gone and 16..20 follow."""
-    sim = Simulation(seed=6, heartbeat_interval=1.0, history_size=5)
+    sim = Simulation(seed=6, heartbeat_interval=1.0, max_channel_history_bytes=2500)
     pub, sub = sim.client("pub", **FAST), sim.client("sub", **FAST)
     sim.run(0.2)
     sub.subscribe("x")
@@ -348,7 +348,7 @@ def test_checker_flags_a_replayed_message_dropped_after_a_loss() -> None:
     then silently drops replayed messages the broker still had passes the check, because
     the checker takes the client's word for where the loss ended instead of the broker's
     history (which the simulator knows)."""
-    sim = Simulation(seed=11, heartbeat_interval=1.0, history_size=5)
+    sim = Simulation(seed=11, heartbeat_interval=1.0, max_channel_history_bytes=2500)
     pub, sub = sim.client("pub", **FAST), sim.client("sub", **FAST)
     sim.run(0.2)
     sub.subscribe("x")

@@ -78,7 +78,7 @@ class Continuity(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.sim = Simulation(0, history_size=1000, **BROKER)
+        self.sim = Simulation(0, **BROKER)
         self.clients = [self.sim.client(f"c{i}", client_id=f"id{i}",
                                         token_ttl=4.0 if i == 2 else None, **CLIENT)
                         for i in range(3)]
