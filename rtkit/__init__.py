@@ -6,7 +6,7 @@ channels. See ``docs/protocol.md`` for the wire protocol and ``notebooks/`` for 
 
 import logging
 
-from rtkit import chaos
+from rtkit import chaos, sim
 from rtkit.aio.broker import Broker
 from rtkit.aio.channel import Channel
 from rtkit.aio.client import Client, ResumeInfo
@@ -88,4 +88,5 @@ __all__ = [
     "inspect_token",
     "run",
     "serve",
+    "sim",
 ]

@@ -15,7 +15,8 @@ type is raised whether a problem was found locally or reported by the broker::
     ├── LimitExceeded               429xx  rate, size, buffer or queue limits
     ├── ServerError                 500xx  the broker failed or is shutting down
     └── ConnectionError_            800xx  the link: failed, closed, suspended, continuity
-        ├── ConnectionFailed        80000  could not connect / unrecoverable
+        ├── ConnectionFailed        80000  could not connect / unrecoverable;
+        │                           80004  a transport refused (the WebSocket upgrade)
         ├── ConnectionClosed        80001  closed by the application or the broker
         ├── ConnectionSuspended     80002  retrying too long: continuity no longer promised
         ├── Disconnected            80003  transport lost, retrying
@@ -184,6 +185,7 @@ CODES: dict[int, str] = {
     80001: "connection closed",
     80002: "connection suspended",
     80003: "disconnected",
+    80004: "transport refused (the WebSocket upgrade was refused)",
     80008: "continuity lost",
 }
 
@@ -198,6 +200,7 @@ _RANGES: list[tuple[int, int, type[RtkitError]]] = [
     (42900, 42999, LimitExceeded),
     (50000, 50099, ServerError),
     (80000, 80000, ConnectionFailed),
+    (80004, 80004, ConnectionFailed),
     (80001, 80001, ConnectionClosed),
     (80002, 80002, ConnectionSuspended),
     (80003, 80003, Disconnected),

@@ -36,6 +36,21 @@ def error_from_close(code: int | None, reason: str) -> RtkitError:
     return Disconnected(f"connection closed (code {code}{', ' + reason if reason else ''})")
 
 
+def refusal(exc: BaseException) -> RtkitError | None:
+    """The broker's reason for refusing the WebSocket upgrade (origin not allowed, too many
+    connections...): its body starts with the five-digit error code."""
+    response = getattr(exc, "response", None)
+    body = getattr(response, "body", None)
+    if not isinstance(body, bytes | bytearray):
+        return None
+    head, _, rest = bytes(body).decode(errors="replace").strip().partition(" ")
+    if head.isdigit() and len(head) == 5:
+        return error(int(head), rest or None)
+    status = getattr(response, "status_code", None)
+    return ConnectionFailed(f"the broker refused the WebSocket upgrade (HTTP {status})",
+                            code=80004)
+
+
 class WebSocketLink(asyncio.Protocol):
     """A WebSocket to the broker. :meth:`open` connects and completes the handshake."""
 
@@ -91,8 +106,9 @@ class WebSocketLink(asyncio.Protocol):
                 server_hostname=uri.host if uri.secure else None)
             await self._handshake
         except (OSError, InvalidHandshake, ssl_module.SSLError) as exc:
-            self.abort(ConnectionFailed(f"cannot connect to {self.url}: {exc}"))
-            raise ConnectionFailed(f"cannot connect to {self.url}: {exc}") from exc
+            err = refusal(exc) or ConnectionFailed(f"cannot connect to {self.url}: {exc}")
+            self.abort(err)
+            raise err from exc
         except asyncio.CancelledError:
             self.abort(ConnectionFailed("connect cancelled"))
             raise

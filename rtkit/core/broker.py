@@ -47,6 +47,9 @@ from rtkit.errors import ProtocolError, RtkitError, error
 
 _ids = itertools.count(1)
 _RATE_LIMITED = fr.dumps(error(42900).to_wire())
+#: Publish ids remembered while a connection's refused publishes are awaited (beyond, a
+#: client that never sends them again loses its ordering guarantee, nothing else).
+HELD_IDS = 10_000
 HEARTBEAT = '{"action":"heartbeat"}'
 
 __all__ = [
@@ -145,9 +148,11 @@ class BrokerCore:
         except ProtocolError as exc:
             return self._refuse(s, ref, exc, False)
         held = s.held_for
-        if held is not None and isinstance(f, fr.Publish) and f.id != held:
-            # An earlier publish was refused for rate and not sent again yet: refuse the
-            # later ones too, so the connection's publishes keep their order.
+        if held and isinstance(f, fr.Publish) and f.id != held[0]:
+            # Earlier publishes were refused for rate and are not back yet: refuse the
+            # later ones too (they come back after them), so the order is kept.
+            if f.id is not None and f.id not in held and len(held) < HELD_IDS:
+                held.append(f.id)
             self.outbox.text((s,), f'{{"action":"nack","ref":{fr.dumps(f.ref)},'
                                    f'"error":{_RATE_LIMITED}}}')
             return None
@@ -158,15 +163,15 @@ class BrokerCore:
             s.rate_limited += 1
             if isinstance(f, fr.Heartbeat) and f.ref is None:
                 return None
-            if isinstance(f, fr.Publish) and f.id is not None and held is None:
-                s.held_for = f.id  # until this one is sent again
+            if isinstance(f, fr.Publish) and f.id is not None and not held:
+                s.held_for.append(f.id)  # the ones after it wait until it is back
             action = "nack" if isinstance(f, fr.Publish) else "error"
             ref_json = fr.dumps(getattr(f, "ref", None))  # a refusal per frame: kept cheap
             self.outbox.text((s,), f'{{"action":"{action}","ref":{ref_json},'
                                    f'"error":{_RATE_LIMITED}}}')
             return None
-        if held is not None and isinstance(f, fr.Publish):
-            s.held_for = None  # the refused publish is back: the order is kept
+        if held and isinstance(f, fr.Publish):
+            held.popleft()  # the first refused publish is back: the next one is awaited
         return self._dispatch(s, f, now)
 
     def _refuse(self, s: Session, ref: fr.Ref | None, exc: RtkitError, nack: bool) -> None:

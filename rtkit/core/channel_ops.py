@@ -72,6 +72,9 @@ class ChannelOps:
         elif f.rewind:
             ch.store.expire(now)
             replay_from = max(1, ch.serial - min(f.rewind, self.config.history_size) + 1)
+        # What is already queued goes to the current subscribers first (this session too,
+        # if it is one), so 'attached' and any replay come after it.
+        self.seal(ch)
         # Attaching again replaces what was under way for this channel.
         self.streamer.cancel(s, ch)
         s.channels.add(ch.name)

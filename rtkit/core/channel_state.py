@@ -113,6 +113,8 @@ class ChannelCore:
         #: Subscriptions whose own rewind replay went further than the channel's position
         #: (a gap being repaired): sub id -> the serial they have up to.
         self._ahead: dict[int, int] = {}
+        #: Ids each rewinding subscription got through its own replay (at most its rewind).
+        self._routed: dict[int, set[str]] = {}
 
     # ---------------------------------------------------------------- intent
 
@@ -144,6 +146,7 @@ class ChannelCore:
 
     def unsubscribe(self, sub_id: int) -> None:
         self._ahead.pop(sub_id, None)
+        self._routed.pop(sub_id, None)
         if self.subs.pop(sub_id, None) is not None:
             self._relive()
             if self.replay is not None:
@@ -399,22 +402,27 @@ class ChannelCore:
     def _flush(self, out: list[Message]) -> None:
         if not out or not self._live:
             return
-        ahead = self._ahead
-        if not ahead:
+        ahead, routed = self._ahead, self._routed
+        if not ahead and not routed:
             self._emit(Deliver(self.name, tuple(out), self._live))
             return
-        behind = tuple(sub for sub in self._live if sub not in ahead)
+        behind = tuple(sub for sub in self._live if sub not in ahead and sub not in routed)
         if behind:
             self._emit(Deliver(self.name, tuple(out), behind))
-        for sub, upto in list(ahead.items()):
-            newer = tuple(m for m in out if m.serial > upto)
+        for sub in self._live:
+            if sub not in ahead and sub not in routed:
+                continue
+            upto, had = ahead.get(sub, 0), routed.get(sub, set())
+            newer = tuple(m for m in out if m.serial > upto and m.id not in had)
             if newer:
                 self._emit(Deliver(self.name, newer, (sub,)))
-            if self.tracker.serial >= upto:
+            if sub in ahead and self.tracker.serial >= upto:
                 del ahead[sub]
 
     def _route(self, replay: Replay, msg: Message) -> None:
         targets = tuple(sub for sub, after in replay.start.items() if msg.serial > after)
+        for sub in targets:  # (a copy of it in a new epoch is not delivered to it again)
+            self._routed.setdefault(sub, set()).add(msg.id)
         if targets:
             self._emit(Deliver(self.name, (msg,), targets))
 

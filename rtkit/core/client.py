@@ -481,8 +481,8 @@ class ClientCore:
             creds.reject()
             self.schedule.retry_now = True
             return False
-        if isinstance(err, InvalidCredentials) or err.code in (40106, 40107, 40009):
-            return True
+        if isinstance(err, InvalidCredentials) or err.code in (40106, 40107, 40009, 40301):
+            return True  # (40301: this page's origin is not allowed: it will not be)
         return isinstance(err, TokenExpired) and not creds.renewable
 
     def _fail(self, err: RtkitError, now: float) -> None:

@@ -119,8 +119,16 @@ class Input:
                 ch.on_detached(None, solicited=True)
                 core.reconcile(now, ch)
         elif isinstance(f, fr.HistoryResult):
-            core.requests.done(p.op, list(f.messages))
+            if f.more:  # a long answer comes in several frames: gather them
+                p.parts.extend(f.messages)
+                core.requests.pending[ref] = p
+                return
+            core.requests.done(p.op, [*p.parts, *f.messages])
         elif isinstance(f, fr.PresenceResult):
+            if f.more:
+                p.parts.extend(f.members)
+                core.requests.pending[ref] = p
+                return
             ch = core.channels.get(f.channel)
             if ch is not None and p.extra is not None:
                 op_name, data = p.extra
@@ -128,7 +136,7 @@ class Input:
                     ch.entered = (True, data)
                 elif op_name == "leave":
                     ch.entered = (False, None)
-            core.requests.done(p.op, list(f.members))
+            core.requests.done(p.op, [*p.parts, *f.members])
         elif isinstance(f, fr.Authorized):
             if core.session is not None:
                 core.session.token_expires = (None if f.token_expires is None

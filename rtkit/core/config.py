@@ -48,8 +48,8 @@ class BrokerConfig:
     max_presence_data: int = 4096
     max_outbound_buffer: int = 8 * MiB
     # -- one rate for every operation of a connection (publish, presence, attach, ...)
-    publish_rate: float = 1000.0
-    publish_burst: int = 2000
+    publish_rate: float = 5000.0
+    publish_burst: int = 10_000
     max_protocol_errors: int = 50
     # -- quotas
     max_channels_per_connection: int = 1000

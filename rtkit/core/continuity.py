@@ -115,9 +115,10 @@ class Tracker:
         self.serial = msg.serial
         self.rebase = False
         self.delivered += 1
+        msg_id = msg.id
         ids = self._ids
-        ids.append(msg.id)
-        self._id_set.add(msg.id)
+        ids.append(msg_id)
+        self._id_set.add(msg_id)
         if len(ids) > self._id_window:
             self._id_set.discard(ids.popleft())
 

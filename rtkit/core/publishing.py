@@ -14,6 +14,7 @@ from rtkit.core import frames as fr
 from rtkit.core.client_events import Output, PublishResult, Send
 from rtkit.core.outbox import Outbox
 from rtkit.core.requests import Requests
+from rtkit.core.wire import depth_exceeds
 from rtkit.errors import LimitExceeded, ProtocolError, RequestTimeout, RtkitError
 
 
@@ -32,6 +33,10 @@ def encode_data(name: object, data: Any, max_size: int | None) -> str:
         raise ProtocolError(f"data is not JSON: {exc}", code=40003) from None
     if max_size is not None and size > max_size:
         raise LimitExceeded(f"message is {size} bytes; the limit is {max_size}", code=42901)
+    if (data_json.count("[") + data_json.count("{") > fr.MAX_DEPTH
+            and depth_exceeds(data, fr.MAX_DEPTH)):
+        raise ProtocolError(f"data is nested more than {fr.MAX_DEPTH} levels deep",
+                            code=40011)
     return data_json
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rtkit.core import frames as fr
@@ -32,6 +32,8 @@ class Pending:
     channel: str | None = None
     sent: float = 0.0
     extra: Any = None
+    #: The frames of an answer that comes in several (``more: true``) so far.
+    parts: list[Any] = field(default_factory=list)
 
 
 @dataclass(slots=True)

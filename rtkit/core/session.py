@@ -50,9 +50,9 @@ class Session:
     protocol_errors: int = 0
     #: Requests refused for the rate (a driver may read more slowly from a flooder).
     rate_limited: int = 0
-    #: The id of a publish refused for rate: later publishes are refused until it comes
-    #: again (a connection's publishes keep their order).
-    held_for: str | None = None
+    #: Ids of publishes refused for rate, in order: a later publish is refused until they
+    #: have come again (a connection's publishes keep their order).
+    held_for: deque[str] = field(default_factory=deque)
     #: Frames received before ``connected`` (a tiny allowance, see PREAUTH_FRAMES).
     early_frames: int = 0
     next_heartbeat: float = 0.0

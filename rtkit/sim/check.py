@@ -63,7 +63,8 @@ def _covers(loss: ContinuityLoss, epoch: str | None, serial: int, until: int | N
 
 
 def _check_sub(client: SimClient, sub: SubRecord, acked: dict[str, list[tuple[str | None, int,
-               str, float]]], final: bool, out: list[Violation]) -> None:
+               str, float]]], first_seen: dict[str, float], final: bool,
+               out: list[Violation]) -> None:
     view = _view(client, sub)
     ids_by_serial: dict[str | None, dict[int, str]] = {}
     for epoch, serial, mid, _ in acked.get(sub.channel, []):
@@ -133,8 +134,8 @@ def _check_sub(client: SimClient, sub: SubRecord, acked: dict[str, list[tuple[st
     recreated = [item.at for item in view if isinstance(item, ContinuityLoss)
                  and "new epoch" in item.reason]
     for epoch, serial, mid, at in acked.get(sub.channel, []):
-        if at < sub.attached_at or mid in delivered:
-            continue
+        if min(at, first_seen.get(mid, at)) < sub.attached_at or mid in delivered:
+            continue  # (a copy of a message published before counts from the first)
         if base is not None and epoch == base[0] and serial <= base[1]:
             continue  # in the channel before the subscription attached
         if epoch not in epochs and any(at <= t for t in recreated):
@@ -226,6 +227,12 @@ def check(sim: Simulation, final: bool = True) -> list[Violation]:
                     failed.add(p.id)
             elif final and c.core is not None and c.state not in (S.CLOSED, S.FAILED):
                 out.append(Violation(c.name, f"publish {p.id} never answered"))
+    first_seen: dict[str, float] = {}  # message id -> first delivered, to anyone
+    for c in sim.clients.values():
+        for entries in c.record.timeline.values():
+            for entry in entries:
+                for _, _, mid in entry.messages:
+                    first_seen.setdefault(mid, entry.at)
     for c in sim.clients.values():
         _check_client(sim, c, final, out)
         _check_losses(c, out)
@@ -238,7 +245,7 @@ def check(sim: Simulation, final: bool = True) -> list[Violation]:
                                              f"capability allows it"))
         for sub in c.record.subs.values():
             gone = not alive or sub.channel in c.record.failed_channels
-            _check_sub(c, sub, acked, final and not gone, out)
+            _check_sub(c, sub, acked, first_seen, final and not gone, out)
         for entries in c.record.timeline.values():
             for entry in entries:
                 for _, serial, mid in entry.messages:

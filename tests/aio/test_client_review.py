@@ -85,9 +85,8 @@ async def test_connect_right_after_close_is_not_undone_by_close(
     c.on_state_change(reopen)
     await within(c.close())
     assert again
-    with pytest.raises(Exception):  # noqa: B017 - whatever it raises, it is not connected
-        await within(again[0], timeout=3)
-    await asyncio.sleep(scaled(2.0))
+    await within(again[0], timeout=3)  # the new connect() is not undone by close()
+    await asyncio.sleep(scaled(0.5))
     assert c.state is S.CONNECTED, f"stuck in {c.state.value}"
 
 

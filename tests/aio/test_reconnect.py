@@ -152,7 +152,8 @@ async def test_beyond_the_ttl_the_client_is_suspended_and_channels_still_resume(
     """Past connection_state_ttl the client is suspended (queued publishes fail), but each
     channel still resumes from its last serial: what history still holds is delivered,
     and only what it no longer holds is announced lost."""
-    with rtkit.serve(heartbeat_interval=0.3, connection_state_ttl=0.5, history_size=3) as srv, \
+    with rtkit.serve(heartbeat_interval=0.3, connection_state_ttl=0.5,
+                     max_channel_history_bytes=1500) as srv, \
             rtkit.chaos.proxy(srv) as px:
         async with rtkit.Client(px.url, key=srv.root_key, **FAST) as sub, \
                 rtkit.Client(srv.url, key=srv.root_key) as pub:

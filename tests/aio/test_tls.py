@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -98,3 +99,23 @@ def test_cli_refuses_a_bad_certificate(tmp_path: Path) -> None:
                              "--certfile", str(bad)], capture_output=True, text=True,
                             timeout=scaled(20))
     assert result.returncode == 2 and result.stderr.startswith("rtkit: cannot load")
+
+
+async def test_rtkit_clients_publish_subscribe_and_resume_over_tls(ca: trustme.CA) -> None:
+    with rtkit.serve(ssl=server_context(ca), heartbeat_interval=0.5) as srv:
+        ctx = client_context(ca)
+        async with rtkit.Client(srv.url, key=srv.root_key, ssl=ctx) as pub, \
+                rtkit.Client(srv.url, key=srv.root_key, ssl=ctx) as sub:
+            got: list[object] = []
+            await sub.channel("secure").subscribe(lambda m: got.append(m.data))
+            await pub.channel("secure").publish("n", "one")
+            await within(sub.reconnect())  # a resume over TLS too
+            await pub.channel("secure").publish("n", "two")
+            async with asyncio.timeout(scaled(5)):
+                while got != ["one", "two"]:
+                    await asyncio.sleep(0.01)
+            assert sub.last_resume is not None and sub.last_resume.resumed
+        untrusting = rtkit.Client(srv.url, key=srv.root_key, connect_timeout=1.0)
+        with pytest.raises(rtkit.ConnectionFailed):  # the system trust store does not know it
+            await within(untrusting.connect(timeout=1.0))
+        await untrusting.close()

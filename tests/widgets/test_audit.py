@@ -62,7 +62,7 @@ async def test_an_outage_makes_messages_pending_not_lost(env: Any, pair: Any) ->
 
 
 async def test_messages_past_a_continuity_loss_are_lost_for_good() -> None:
-    with rtkit.serve(heartbeat_interval=0.3, history_size=5) as srv, \
+    with rtkit.serve(heartbeat_interval=0.3, max_channel_history_bytes=2500) as srv, \
             rtkit.chaos.proxy(srv) as px:
         async with rtkit.Client(srv.url, key=srv.root_key) as pub, \
                 rtkit.Client(px.url, key=srv.root_key, **FAST) as away:
