@@ -109,24 +109,28 @@ def parse_close(payload: bytes) -> tuple[int, str]:
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """A whole message (``opcode`` TEXT or BINARY) or a control frame."""
+    """A whole message (``opcode`` TEXT or BINARY) or a control frame. ``data`` is ``str``
+    for a text message read by a reader made with ``decode_text``, else ``bytes``."""
 
     opcode: int
-    data: bytes
+    data: bytes | str
 
 
 class FrameReader:
     """Turns received bytes into whole messages and control frames.
 
     ``masked``: whether frames must be masked (a server reads masked client frames; a client
-    reads unmasked server frames). ``max_size`` bounds a message (close code 1009).
+    reads unmasked server frames). ``max_size`` bounds a message (close code 1009). With
+    ``decode_text`` a text message's data is the decoded ``str``.
     """
 
-    __slots__ = ("_buffer", "_frag_op", "_frag_size", "_fragments", "masked", "max_size")
+    __slots__ = ("_buffer", "_frag_op", "_frag_size", "_fragments", "decode_text", "masked",
+                 "max_size")
 
-    def __init__(self, masked: bool, max_size: int = 1 << 20) -> None:
+    def __init__(self, masked: bool, max_size: int = 1 << 20, decode_text: bool = False) -> None:
         self.masked = masked
         self.max_size = max_size
+        self.decode_text = decode_text
         self._buffer = bytearray()
         self._fragments: list[bytes] = []
         self._frag_op = 0
@@ -203,11 +207,13 @@ class FrameReader:
         else:
             self._frag_op, self._fragments, self._frag_size = opcode, [payload], len(payload)
 
-    @staticmethod
-    def _whole(opcode: int, payload: bytes, out: list[Message]) -> None:
+    def _whole(self, opcode: int, payload: bytes, out: list[Message]) -> None:
         if opcode == OP_TEXT:
             try:
-                payload.decode()
+                text = payload.decode()
             except UnicodeDecodeError:
                 raise FrameError(INVALID_DATA, "text frame is not valid UTF-8") from None
+            if self.decode_text:
+                out.append(Message(opcode, text))
+                return
         out.append(Message(opcode, payload))
