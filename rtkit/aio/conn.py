@@ -145,7 +145,8 @@ class Connection(asyncio.Protocol):
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
-                self.respond(exc.error_status_hint, b"bad HTTP request\n", close=True)
+                self.respond(exc.error_status_hint, _error_json(40000, "bad HTTP request"),
+                             close=True, content_type=JSON)
                 return
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
@@ -156,7 +157,8 @@ class Connection(asyncio.Protocol):
             elif isinstance(event, h11.Data):
                 self._body.append(bytes(event.data))
                 if sum(map(len, self._body)) > self.max_body():
-                    self.respond(413, b"request body too large\n", close=True)
+                    self.respond(413, _error_json(42902, "request body too large"),
+                                 close=True, content_type=JSON)
                     return
             elif isinstance(event, h11.EndOfMessage):
                 self._upgrade_or_handle()
@@ -442,6 +444,13 @@ class Connection(asyncio.Protocol):
         if self.mode == HTTP and not self.busy:
             log.debug("no complete request from %s in time", self.address)
             self.abort()
+
+
+JSON = "application/json"
+
+
+def _error_json(code: int, message: str) -> bytes:
+    return b'{"error":{"code":%d,"message":"%s"}}\n' % (code, message.encode())
 
 
 def _cycle_done(conn: h11.Connection) -> bool:

@@ -232,6 +232,7 @@ class SseSession:
 
     def close(self, code: int, reason: str) -> None:
         """The core ended the session: say why on the stream (``event: close``), then end."""
+        self.flush_out()  # what the core sent before ending it goes first
         if self.stream is not None:
             self.stream.write(sse.encode(json.dumps({"code": code, "reason": reason}),
                                          event="close"))
@@ -342,6 +343,7 @@ class ChannelEvents:
             self.end()
 
     def close(self, code: int, reason: str) -> None:
+        self.flush_out()
         self.end()
 
     def abort(self) -> None:

@@ -313,6 +313,20 @@ async def test_live_plot_separate_axes_anchor_and_bounded_drawing(
             LivePlot(client.channel("q"), ["v"], **bad)
 
 
+async def test_connection_panel_shows_the_transport_and_its_changes(srv: rtkit.Server) -> None:
+    with rtkit.chaos.proxy(srv) as px:
+        px.block_websockets()
+        async with rtkit.Client(px.url, key=srv.root_key) as client:
+            panel = ConnectionPanel(client)
+            panel.refresh()
+            assert 'class="rtkit-transport">sse<' in panel.info.value
+            rows = timeline(client.state_history)
+            assert (rows[0].state, rows[0].transport) == ("connected", "sse")
+            assert rows[2].transport == "websocket" and "websocket refused" in rows[2].reason
+            assert "<td>sse</td>" in panel.table.value
+            panel.close()
+
+
 async def test_connection_panel_measures_rtt_at_once_and_bounds_its_timeline(
         client: rtkit.Client) -> None:
     client._core.last_rtt = None  # as just after connecting: no heartbeat yet
