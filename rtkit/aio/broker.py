@@ -216,8 +216,9 @@ class Broker:
             if buffered > limit and conn.session is not None:
                 log.warning("disconnecting slow consumer %s (%d bytes unsent)",
                             conn.session.connection_id, buffered)
+                session = conn.session
+                self.core.overflowed(session)  # (before: an SSE session ends at once)
                 conn.abort()
-                self.core.overflowed(conn.session)
         if self.streaming:
             self._pump_streams()
         if self.core.outbox.items or self.core.ops.dirty:

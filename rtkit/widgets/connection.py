@@ -124,9 +124,11 @@ class ConnectionPanel(LiveWidget):
         self.badge.value = badge(state)
         rtt = f"{c.last_rtt * 1000:.1f} ms" if c.last_rtt is not None else "–"
         since = time.time() - c.state_history[-1].at if c.state_history else 0.0
+        transport = getattr(c, "transport", None)  # (a Feed has none)
+        over = (f' · over <b class="rtkit-transport">{html.escape(transport)}</b>'
+                if isinstance(transport, str) else "")
         self.info.value = (
-            f'<span style="margin-left:1em">for {since:.1f} s · over '
-            f'<b class="rtkit-transport">{html.escape(c.transport)}</b> · connection '
+            f'<span style="margin-left:1em">for {since:.1f} s{over} · connection '
             f"<code>{html.escape(c.connection_id or '–')}</code> · client "
             f"<code>{html.escape(c.client_id or '–')}</code> · heartbeat RTT {rtt}"
             f" · queued publishes {c.queued_publishes}</span>")
