@@ -88,6 +88,7 @@ class ClientCore:
                                           config.fallback_after)
         #: The transport of the latest link opened (or being opened).
         self.link_transport = self.transports.current
+        self._attempt_opened = False  # the failed attempt's link had opened
         self.resume_key: str | None = None
         self.last_rtt: float | None = None
         self.last_resume: Resumed | None = None
@@ -422,6 +423,7 @@ class ClientCore:
             return  # an old link's last words
         err = self.close_error or error
         self._link = 0
+        self._attempt_opened = self.link_open
         self.link_open = False
         self.close_error = None
         self.outbox.transport_lost()
@@ -446,6 +448,7 @@ class ClientCore:
     def _attempt_failed(self, err: RtkitError, now: float, report: bool = True) -> None:
         if self.state is not S.CONNECTING:
             return
+        opened, self._attempt_opened = self.link_open or self._attempt_opened, False
         if self._link:
             self.out.append(AbortLink(err))
             self._link = 0
@@ -457,7 +460,7 @@ class ClientCore:
             return
         self.schedule.failed(now)
         reason = f"connect failed: {err.message}"
-        switched = self.transports.attempt_failed(self.link_transport, err)
+        switched = self.transports.attempt_failed(self.link_transport, err, opened)
         if switched is not None:
             reason += f" ({switched})"
             self.schedule.retry_now = True  # the other transport is tried at once

@@ -9,9 +9,11 @@ resumes the old one, and channels resume from their serials, so continuity is no
   upgrade answered with an HTTP status by a proxy, or with 426 by a broker that never saw the
   ``Upgrade`` header: error 80004) or that **times out** (40801: the link did not open, or no
   ``connected`` came, as behind proxies that "upgrade" and then hang) moves to the next
-  transport at once. Other failures (refused or reset TCP, a broker restarting) count: after
-  ``fallback_after`` in a row, the next transport is tried. Refusals the broker makes on
-  purpose (limits, origin, credentials) never change the transport.
+  transport at once. A link that opened but broke before ``connected`` counts: after
+  ``fallback_after`` of those in a row, the next transport is tried. A link that could not
+  even be opened (the host refuses or cannot be reached: a broker restarting, a network
+  down) counts for nothing, since every transport goes to the same host and port; nor do the
+  broker's deliberate refusals (limits, origin, credentials).
 * The transport that worked is remembered: reconnections after a drop use it. Once connected
   over a transport other than the preferred one, the preferred one is **probed** every
   ``retry_interval`` seconds (a bare WebSocket handshake, closed at once); when the probe
@@ -83,13 +85,16 @@ class TransportPicker:
     def preferred(self) -> str:
         return self.order[0]
 
-    def attempt_failed(self, transport: str, err: RtkitError) -> str | None:
-        """An attempt over ``transport`` failed with ``err``; returns why the next attempt
-        uses another transport (None: it does not)."""
+    def attempt_failed(self, transport: str, err: RtkitError, opened: bool = True
+                       ) -> str | None:
+        """An attempt over ``transport`` failed with ``err`` (``opened``: its link had
+        opened); returns why the next attempt uses another transport (None: it does not)."""
         if transport != self.current or len(self.order) == 1:
             return None
         if 40000 <= err.code < 80000 and err.code != 40801:
             return None  # the broker answered: the transport works
+        if not opened and not refused(err):
+            return None  # the host cannot be reached: no transport would do better
         self.failures += 1
         if self.current == self.preferred and refused(err):
             why = "refused" if err.code == 80004 else "timed out"

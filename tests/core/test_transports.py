@@ -62,6 +62,9 @@ def test_a_refusal_or_a_timeout_falls_back_at_once_other_failures_after_n() -> N
     assert p.attempt_failed("websocket", RequestTimeout("no", code=40801)) is not None
     p = TransportPicker(fallback_after=3)
     reset = ConnectionFailed("connection reset")
+    # A host that cannot be reached at all: no transport would do better.
+    assert {p.attempt_failed("websocket", reset, opened=False) for _ in range(5)} == {None}
+    # A link that opened and broke before 'connected', three times: the next transport.
     assert [p.attempt_failed("websocket", reset) for _ in range(2)] == [None, None]
     assert p.attempt_failed("websocket", reset) == "websocket failed 3 times in a row: " \
                                                    "trying sse"
