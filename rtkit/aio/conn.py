@@ -84,6 +84,7 @@ class Connection(asyncio.Protocol):
         self.busy = False
         self.last_write = 0.0
         self._head_only = False
+        self._in_events = False
 
     # ---------------------------------------------------------------- asyncio.Protocol
 
@@ -129,6 +130,8 @@ class Connection(asyncio.Protocol):
             self.broker.pump(self)
         elif self.owner is not None:
             self.owner.drained()
+        elif self.mode == HTTP and not self.busy and self._turn_pause is None:
+            self._next_http_turn()  # answers drained: the pipelined requests go on
 
     # ---------------------------------------------------------------- HTTP
 
@@ -140,8 +143,29 @@ class Connection(asyncio.Protocol):
         self._http_events()
 
     def _http_events(self) -> None:
+        """Handle the requests received, one at a time (a pipelined request waits for the
+        answer to the one before it). Not re-entered: an answer given while handling a
+        request lets this loop go on to the next one."""
+        if self._in_events:
+            return
+        self._in_events = True
+        try:
+            self._next_requests()
+        finally:
+            self._in_events = False
+
+    def _next_requests(self) -> None:
         conn = self._http
+        handled = 0
         while self.mode == HTTP and conn is not None and not self.busy:
+            if handled and (not self.writable or handled >= TURN_FRAMES):
+                # Pipelined requests: the next ones wait until the answers so far have
+                # drained (memory stays bounded), or for their turn (the others run).
+                self._set_reading(False)
+                if self.writable:
+                    self._turn_pause = asyncio.get_running_loop().call_soon(
+                        self._next_http_turn)
+                return
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -161,10 +185,17 @@ class Connection(asyncio.Protocol):
                                  close=True, content_type=JSON)
                     return
             elif isinstance(event, h11.EndOfMessage):
+                handled += 1
                 self._upgrade_or_handle()
             elif isinstance(event, h11.ConnectionClosed):
                 self.close_transport()
                 return
+
+    def _next_http_turn(self) -> None:
+        self._turn_pause = None
+        if self.mode == HTTP and not self.busy:
+            self._set_reading(True)
+            self._http_events()
 
     def max_body(self) -> int:
         """Largest request body accepted: a frame, or a batch of frames of at most that."""

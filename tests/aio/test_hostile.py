@@ -467,6 +467,14 @@ async def test_http_attacks_get_json_errors_and_disturb_nobody(attack: rtkit.Ser
                      what="the SSE session that stopped reading dropped")
     assert attack.stats()["outbound_peak"] <= OUTBOUND + 2 * FRAME + 64 * 1024
     stream.close()
+    # Pipelined requests for long answers, never read: answered as the socket drains only.
+    with socket.create_connection(("127.0.0.1", attack.port), timeout=5) as greedy:
+        greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        greedy.sendall((b"GET /channels/firehose/messages?limit=100 HTTP/1.1\r\nHost: x\r\n"
+                        b"Authorization: " + key["Authorization"].encode() + b"\r\n\r\n")
+                       * 300)
+        await asyncio.sleep(scaled(0.5))
+        assert attack.stats()["resources"]["outbound_buffer_bytes"]["used"] < 4 * FRAME
     await ws.close()
     await api.close()
 
