@@ -179,7 +179,10 @@ class Broker:
             try:
                 if type(item) is Send:
                     data = _text_frame(item.text.encode())
-                    other: Any = None
+                    # The SSE event and a channel stream's events: built once if needed.
+                    sse: bytes | None = None
+                    events: bytes | None = None
+                    seq = 0
                     for s in item.targets:
                         conn: Any = s.transport
                         if conn is None:
@@ -190,18 +193,18 @@ class Broker:
                                 touched.append(conn)
                             conn.out.append(data)
                         elif mode == SSE:
-                            if other is None:
-                                self._event_id += 1
-                                other = (self._event_id, event_bytes(self._event_id, item.text))
+                            if sse is None:
+                                self._event_id = seq = self._event_id + 1
+                                sse = event_bytes(seq, item.text)
                             if not conn.out:
                                 touched.append(conn)
-                            conn.queue(*other)
+                            conn.queue(seq, sse)
                         elif mode == EVENTS:
-                            if other is None:
-                                other = conn.encode(item.text)
+                            if events is None:
+                                events = conn.encode(item.text)
                             if not conn.out:
                                 touched.append(conn)
-                            conn.queue(other)
+                            conn.queue(events)
                 elif isinstance(item, Disconnect):
                     self._disconnect(item)
             except Exception:

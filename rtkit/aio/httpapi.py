@@ -29,6 +29,7 @@ from rtkit.core.rest import (
     MethodNotAllowed,
     Reply,
     RestApi,
+    RestCaller,
     error_reply,
     http_status,
     json_reply,
@@ -145,7 +146,7 @@ class HttpApi:
 
     # ---------------------------------------------------------------- channel streams
 
-    def _events(self, conn: Connection, caller: object, channel: str,
+    def _events(self, conn: Connection, caller: RestCaller, channel: str,
                 headers: dict[str, str], now: float) -> None:
         broker = self.broker
         err = broker.core.gate.admit(conn.address, now, headers.get("origin"))
@@ -154,10 +155,9 @@ class HttpApi:
             return
         ev = ChannelEvents(broker, conn)
         self._admitted.add(ev)
-        ev.address = conn.address  # type: ignore[attr-defined]
         self.events.add(ev)
         try:
-            ev.session = self.rest.open_events(caller, channel,  # type: ignore[arg-type]
+            ev.session = self.rest.open_events(caller, channel,
                                                headers.get("last-event-id"), ev, now)
         except RtkitError:
             ev.stream = None
@@ -171,7 +171,7 @@ class HttpApi:
 
     def events_ended(self, ev: ChannelEvents) -> None:
         self.events.discard(ev)
-        self._release(ev, getattr(ev, "address", None))
+        self._release(ev, ev.address)
 
     def _release(self, owner: object, address: str | None) -> None:
         if owner in self._admitted:

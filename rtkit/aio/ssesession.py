@@ -75,6 +75,7 @@ class SseSession:
         self.replay: deque[bytes] = deque()
         self.replay_ids: deque[int] = deque()
         self.replay_bytes = 0
+        self.replay_limit = broker.config.max_outbound_buffer
         self.trimmed = 0  # the highest id dropped without an acknowledgement
         self.detached_at: float | None = None
         self.detached_bytes = 0
@@ -145,8 +146,13 @@ class SseSession:
         self.replay.append(data)
         self.replay_ids.append(seq)
         self.replay_bytes += len(data)
-        limit = self.broker.config.max_outbound_buffer
-        while self.replay_bytes > limit and len(self.replay) > 1:
+        if self.replay_bytes > self.replay_limit:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Forget the oldest unacknowledged events beyond the limit (a stream re-opened
+        from before them cannot continue: the client resumes instead)."""
+        while self.replay_bytes > self.replay_limit and len(self.replay) > 1:
             self.trimmed = self.replay_ids.popleft()
             self.replay_bytes -= len(self.replay.popleft())
 
@@ -286,6 +292,7 @@ class ChannelEvents:
 
     def __init__(self, broker: Broker, conn: Connection) -> None:
         self.broker = broker
+        self.address = conn.address
         self.stream: Connection | None = conn
         self.session: Session | None = None
         self.epoch = ""

@@ -158,3 +158,27 @@ async def test_a_channel_stream_ends_with_its_token(srv: rtkit.Server) -> None:
     assert events[-1].event == "error" and json.loads(events[-1].data)["error"]["code"] == 40140
     await response.close()
     await eventually(lambda: srv.stats()["event_streams"] == 0)
+
+
+async def test_one_flush_to_every_kind_of_subscriber(srv: rtkit.Server) -> None:
+    """The same messages reach a WebSocket client, an SSE client and a channel's event
+    stream subscribed to one channel: each output is encoded once per kind of target."""
+    response = await http.request("GET", srv.url.replace("ws://", "http://")
+                                  + "/channels/mix/events", headers=basic(srv.root_key))
+    parser, events = sse.SSEParser(), []
+    async with rtkit.Client(srv.url, key=srv.root_key) as ws, \
+            rtkit.Client(srv.url, key=srv.root_key, transports=("sse",)) as sub:
+        got: dict[str, list[int]] = {"ws": [], "sse": []}
+        await ws.channel("mix").subscribe(lambda m: got["ws"].append(m.data))
+        await sub.channel("mix").subscribe(lambda m: got["sse"].append(m.data))
+        await eventually(lambda: srv.stats()["event_streams"] == 1)
+        for i in range(50):
+            await ws.channel("mix").publish("n", i)
+        await eventually(lambda: got["ws"] == got["sse"] == list(range(50)))
+        async with asyncio.timeout(5):
+            async for chunk in response.chunks():
+                events += [e for e in parser.feed(chunk) if isinstance(e, sse.Event)]
+                if len(events) >= 51:
+                    break
+    assert [json.loads(e.data)["data"] for e in events[1:]] == list(range(50))
+    await response.close()
