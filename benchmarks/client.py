@@ -191,8 +191,18 @@ class FakeBroker(asyncio.Protocol):
         self.transport = None
 
 
-async def _serve(per_frames: list[int], total: int) -> None:
-    streams = {f"bench:{n}": _stream(f"bench:{n}", n, total) for n in per_frames}
+#: Stream lengths by messages per frame: enough for a fast client's warm-up and window.
+LENGTHS = {1: 1_200_000, 10: 2_000_000}
+LONGEST = 3_000_000
+
+
+def _length(per_frame: int, messages: int) -> int:
+    return messages or LENGTHS.get(per_frame, LONGEST)
+
+
+async def _serve(per_frames: list[int], messages: int) -> None:
+    streams = {f"bench:{n}": _stream(f"bench:{n}", n, _length(n, messages))
+               for n in per_frames}
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: FakeBroker(streams), "127.0.0.1", 0)
     print(server.sockets[0].getsockname()[1], flush=True)
@@ -385,8 +395,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=2.0, help="steady-state window")
     parser.add_argument("--warmup", type=float, default=0.5)
-    parser.add_argument("--messages", type=int, default=1_500_000,
-                        help="length of the stream (per case)")
+    parser.add_argument("--messages", type=int, default=0,
+                        help="length of each stream (default: 1.2, 2 and 3 million messages "
+                             "at 1, 10 and 100 per frame)")
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -410,7 +421,8 @@ def main() -> None:
         for _ in range(args.repeats):
             for per_frame in per_frames:
                 for name, client in CLIENTS.items():
-                    run = _measure(client, url, per_frame, args.messages, args.warmup,
+                    run = _measure(client, url, per_frame,
+                                   _length(per_frame, args.messages), args.warmup,
                                    args.seconds)
                     runs.setdefault((per_frame, name), []).append(run)
     finally:

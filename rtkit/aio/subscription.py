@@ -64,16 +64,21 @@ class Subscription:
         event = self.event
         if event is not None:
             messages = [msg for msg in messages if msg.name == event]
-        self.delivered += len(messages)
         callback = None if self._is_async else self.callback
         if callback is not None:
+            done = 0
             for msg in messages:
+                if self._closed:  # the callback unsubscribed: not one message more
+                    break
+                done += 1
                 try:
                     callback(msg)
                 except Exception:
                     log.exception("subscriber callback failed on %s #%d", msg.channel,
                                   msg.serial)
+            self.delivered += done
             return
+        self.delivered += len(messages)
         queue = self._queue
         over = len(queue) + len(messages) - self._buffer
         if over > 0:  # the oldest go: counted, and reported by the iterator

@@ -22,10 +22,10 @@ Script = Callable[[ServerConnection], Awaitable[None]]
 KEY = "bench:" + "b" * 40
 
 
-def message(serial: int) -> str:
+def message(*serials: int) -> str:
     return json.dumps({"action": "message", "channel": "c", "messages": [
         {"id": f"m{serial}", "name": "n", "data": {"i": serial}, "serial": serial,
-         "timestamp": 1, "client_id": None}]})
+         "timestamp": 1, "client_id": None} for serial in serials]})
 
 
 async def broker(ws: ServerConnection, script: Script) -> None:
@@ -135,3 +135,29 @@ async def test_broken_framing_fails_the_link(scripted: Any) -> None:
     await within(client.wait_for_state(S.DISCONNECTED))
     assert got == [1]
     assert any("invalid WebSocket data" in e.message and "1002" in e.message for e in errors)
+
+
+async def test_a_callback_that_unsubscribes_gets_no_more_of_its_batch(scripted: Any) -> None:
+    ready = asyncio.Event()
+
+    async def script(ws: ServerConnection) -> None:
+        await within(ready.wait())
+        await ws.send(message(1, 2, 3))
+        await ws.send(message(4, 5))  # (most likely read together with the first)
+
+    client = await scripted(script)
+    ch = client.channel("c")
+    got: list[int] = []
+    others: list[int] = []
+    subs: list[rtkit.Subscription] = []
+
+    def once_twice(msg: rtkit.Message) -> None:
+        got.append(msg.serial)
+        if msg.serial == 2:
+            subs[0].close()
+
+    subs.append(await within(ch.subscribe(once_twice)))
+    await within(ch.subscribe(lambda m: others.append(m.serial)))
+    ready.set()
+    await eventually(lambda: others == [1, 2, 3, 4, 5], what="the other subscriber's five")
+    assert got == [1, 2] and subs[0].delivered == 2 and not subs[0].active
