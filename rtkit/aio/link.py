@@ -20,6 +20,7 @@ import asyncio
 import logging
 import ssl as ssl_module
 from collections.abc import Callable
+from typing import cast
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake, InvalidURI
@@ -191,12 +192,13 @@ class WebSocketLink(asyncio.BufferedProtocol):
         received: list[str | bytes] = []
         for frame in frames:
             opcode = frame.opcode
+            data = cast(bytes, frame.data)  # a reader made without decode_text: always bytes
             if opcode == wsframes.OP_TEXT:
-                received.append(frame.data.decode())  # (valid UTF-8: the reader checked)
+                received.append(data.decode())  # (valid UTF-8: the reader checked)
             elif opcode == wsframes.OP_BINARY:
-                received.append(frame.data)  # not text: the core reports it (40004)
+                received.append(data)  # not text: the core reports it (40004)
             else:  # ping, pong, close: the protocol object answers, as it came
-                protocol.receive_data(wsframes.frame(opcode, frame.data))
+                protocol.receive_data(wsframes.frame(opcode, data))
                 protocol.events_received()
                 self._write_pending()
                 if opcode == wsframes.OP_CLOSE:
