@@ -1,0 +1,453 @@
+"""The load generator of ``fanout.py``: one process, pinned to its own CPU, that opens every
+publisher and subscriber of one run with the light client (``lightws.py``), drives them and
+prints what it measured as one JSON line.
+
+    python benchmarks/fanout_load.py '{"case": "fanout", "kind": "rtkit", "url": ..., ...}'
+
+**Flow control, counted over all subscribers.** A message is in flight from its publish until
+*every* subscriber of its channel has received it; each publisher keeps at most ``window``
+messages in flight, and tops its window up (one write holding many publish frames) each time
+at least ``window // 8`` more messages have reached every subscriber. It never waits on one
+subscriber only, so none can fall behind without limit. Cost: a subscriber's read updates two
+integers; the O(N) scan for the slowest subscriber runs once per top-up.
+
+**Kinds.** How the generator speaks to a server is a :class:`Dialect`: how a subscriber and a
+publisher are opened and made ready, how deliveries are counted, what a publish looks like.
+``raw`` and ``rtkit`` exist; another rtkit transport (an SSE subscriber reading
+``text/event-stream``, publishing over WebSocket) is one more dialect whose
+``open_subscriber`` returns any object with the :class:`Subscriber` attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lightws import LightWS, now, open_light, text_frame
+
+KEY = "bench:" + "b" * 40
+OPEN_BATCH = 100  # connections opened at once
+READY_TIMEOUT = 60.0
+DRAIN_TIMEOUT = 15.0
+
+
+class Subscriber(Protocol):
+    """What the flow control needs from a subscriber of any kind."""
+
+    count: int  # messages received since the run began
+    errors: int
+    first_error: bytes
+    on_progress: Callable[[Any, int], None] | None
+    closed: asyncio.Future[Any]
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Stats:
+    delivered: int = 0  # messages received, over every subscriber
+    recording: bool = False
+    latencies: list[float] = field(default_factory=list)
+    drained: int = 0  # groups whose every message reached every subscriber after the stop
+    drained_at: float = 0.0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    groups: int = 0
+
+
+# ------------------------------------------------------------------ dialects
+
+
+class Dialect:
+    """The raw relay: ``sub:<channel>`` (answered ``ok``) or ``pub:<channel>`` as the first
+    frame, then every frame a publisher sends is one message to the channel's subscribers."""
+
+    name = "raw"
+    min_bytes = 20  # the fewest bytes a delivered message takes on the wire
+
+    async def open_subscriber(self, url: str, channel: str, sample: bool,
+                              on_payload: Callable[[LightWS, bytes], None]) -> LightWS:
+        ws = await open_light(url, sample=sample, count_marker=None, on_payload=on_payload)
+        ws.send_text(f"sub:{channel}")
+        return ws
+
+    def subscriber_ready(self, ws: LightWS) -> bool:
+        return ws.frames >= 1
+
+    async def open_publisher(self, url: str, channel: str) -> LightWS:
+        ws = await open_light(url, sample=False, count_marker=None)
+        ws.send_text(f"pub:{channel}")
+        return ws
+
+    def publisher_ready(self, ws: LightWS) -> bool:
+        return True
+
+    def acks(self, ws: LightWS) -> int | None:
+        """Publishes acknowledged so far (None: the dialect has no acks)."""
+        return None
+
+    def publishes(self, channel: str, first: int, n: int, t: float, ids: bool) -> bytes:
+        return b"".join(text_frame(f'{{"i":{i},"t":{t!r}}}'.encode())
+                        for i in range(first, first + n))
+
+    def items(self, payload: bytes) -> list[Any]:
+        """The published ``data`` objects a frame holds (decoded: sampled subscribers only)."""
+        return [] if payload == b"ok" else [json.loads(payload)]
+
+
+class RtkitDialect(Dialect):
+    """rtkit's protocol: ``connect`` with the API key, ``attach``, ``publish`` (with ``ref``,
+    and an ``id`` when ``ids``); deliveries counted by their ``"serial":`` without decoding."""
+
+    name = "rtkit"
+    min_bytes = 60
+    marker = b'"serial":'  # one per delivered message (and per ack on a publisher)
+    error = b'"code":'  # an error object: in a nack or an error frame
+
+    async def open_subscriber(self, url: str, channel: str, sample: bool,
+                              on_payload: Callable[[LightWS, bytes], None]) -> LightWS:
+        ws = await open_light(url, sample=sample, count_marker=self.marker,
+                              on_payload=on_payload, error_marker=self.error)
+        ws.send_json({"action": "connect", "ref": 0, "key": KEY})
+        ws.send_json({"action": "attach", "ref": 1, "channel": channel})
+        return ws
+
+    def subscriber_ready(self, ws: LightWS) -> bool:
+        return ws.frames >= 2  # connected, attached
+
+    async def open_publisher(self, url: str, channel: str) -> LightWS:
+        ws = await open_light(url, sample=False, count_marker=self.marker,
+                              error_marker=self.error)
+        ws.send_json({"action": "connect", "ref": 0, "key": KEY})
+        return ws
+
+    def publisher_ready(self, ws: LightWS) -> bool:
+        return ws.frames >= 1
+
+    def acks(self, ws: LightWS) -> int | None:
+        return ws.count
+
+    def publishes(self, channel: str, first: int, n: int, t: float, ids: bool) -> bytes:
+        if ids:
+            return b"".join(text_frame(
+                f'{{"action":"publish","ref":{i},"channel":"{channel}","name":"t",'
+                f'"id":"m{i}","data":{{"i":{i},"t":{t!r}}}}}'.encode())
+                for i in range(first, first + n))
+        return b"".join(text_frame(
+            f'{{"action":"publish","ref":{i},"channel":"{channel}","name":"t",'
+            f'"data":{{"i":{i},"t":{t!r}}}}}'.encode())
+            for i in range(first, first + n))
+
+    def items(self, payload: bytes) -> list[Any]:
+        obj = json.loads(payload)
+        if obj.get("action") == "message":
+            return [m["data"] for m in obj["messages"]]
+        return []
+
+
+DIALECTS: dict[str, Dialect] = {"raw": Dialect(), "rtkit": RtkitDialect()}
+
+
+# ------------------------------------------------------------------ flow control
+
+
+class Group:
+    """One publisher and the subscribers of its channel, under the in-flight bound."""
+
+    def __init__(self, dialect: Dialect, channel: str, pub: LightWS, subs: list[Subscriber],
+                 stats: Stats, *, window: int, ids: bool, rate: float | None,
+                 limit: int | None) -> None:
+        self.dialect, self.channel, self.pub, self.subs = dialect, channel, pub, subs
+        self.stats, self.window, self.ids, self.rate, self.limit = stats, window, ids, rate, limit
+        self.chunk = max(1, window // 8)
+        self.published = 0
+        self.threshold = 0  # top up once every subscriber has at least this many
+        self.below = 0  # subscribers still under the threshold
+        self.stopped = False
+        self.drained = False
+        self.started = 0.0
+        for ws in subs:
+            ws.on_progress = self.on_progress
+
+    def on_progress(self, ws: Subscriber, before: int) -> None:
+        after = ws.count
+        self.stats.delivered += after - before
+        if before < self.threshold <= after:
+            self.below -= 1
+            if self.below == 0:
+                self.top_up()
+
+    def start(self) -> None:
+        self.started = now()
+        self.top_up()
+        if self.rate:
+            self._tick()
+
+    def _tick(self) -> None:
+        if self.stopped:
+            return
+        self.top_up()
+        assert self.rate
+        due = self.started + self.published / self.rate
+        asyncio.get_running_loop().call_at(max(due, time.monotonic() + 0.0005), self._tick)
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.top_up()
+
+    def top_up(self) -> None:
+        floor = min(ws.count for ws in self.subs)
+        if not self.stopped:
+            n = floor + self.window - self.published
+            if self.limit is not None:
+                n = min(n, self.limit - self.published)
+            if self.rate:
+                n = min(n, int((now() - self.started) * self.rate) + 1 - self.published)
+            if n > 0:
+                self.pub.write(self.dialect.publishes(self.channel, self.published, n, now(),
+                                                      self.ids))
+                self.published += n
+            if self.limit is not None and self.published >= self.limit:
+                self.stopped = True
+        if self.stopped:
+            target = self.published
+        else:
+            target = min(self.published,
+                         max(floor + 1, self.published - self.window + self.chunk))
+        self.threshold = target
+        self.below = sum(1 for ws in self.subs if ws.count < target)
+        if self.stopped and self.below == 0 and not self.drained:
+            self.drained = True
+            self.stats.drained += 1
+            if self.stats.drained == self.stats.groups:
+                self.stats.drained_at = now()
+                self.stats.done.set()
+
+
+class Rounds:
+    """Reads in rounds: each event-loop iteration lasts at least ``period``, sleeping off the
+    rest, so every subscriber finds several frames per read.
+
+    Saturated, the generator's cost is per read (a system call, and the ACK it sends), hardly
+    per byte: a raw relay writes one frame per message per subscriber, and reading each on its
+    own would make the generator, not the server, the bottleneck. The period is a fifth of the
+    time a channel takes to publish its window (re-estimated every 0.1 s, at most 0.1 s): the
+    in-flight bound, not the reading, limits the publishers. Off at a fixed publish rate, where
+    every message is timed as soon as it arrives.
+    """
+
+    SHARE, MAX_PERIOD, EVERY = 0.2, 0.1, 0.1
+
+    def __init__(self, groups: list[Group], window: int) -> None:
+        self.groups, self.window = groups, window
+        self.period = 0.0
+        self.last = 0.0
+        self.published = 0
+        self.stopped = False
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self._round)
+        loop.call_later(self.EVERY, self._estimate)
+
+    def _round(self) -> None:
+        if self.stopped:
+            return
+        wait = self.last + self.period - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self.last = time.monotonic()
+        asyncio.get_running_loop().call_soon(self._round)
+
+    def _estimate(self) -> None:
+        if self.stopped:
+            return
+        published = sum(g.published for g in self.groups)
+        rate = (published - self.published) / self.EVERY / len(self.groups)
+        self.published = published
+        self.period = min(self.MAX_PERIOD, self.SHARE * self.window / rate) if rate else 0.0
+        asyncio.get_running_loop().call_later(self.EVERY, self._estimate)
+
+
+# ------------------------------------------------------------------ measuring
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds used so far by process ``pid`` (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_delay(pid: int | str) -> float:
+    """Seconds process ``pid`` (its main thread) spent runnable but waiting for a CPU (Linux
+    schedstat; NaN elsewhere): other processes on its CPU."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+@dataclass
+class Snapshot:
+    t: float
+    delivered: int
+    published: int
+    server_cpu: float
+    load_cpu: float
+    server_wait: float
+    load_wait: float
+
+
+def snapshot(stats: Stats, groups: list[Group], server_pid: int) -> Snapshot:
+    return Snapshot(now(), stats.delivered, sum(g.published for g in groups),
+                    proc_cpu(server_pid), time.process_time(), run_delay(server_pid),
+                    run_delay("self"))
+
+
+async def _open_all(opens: list[Callable[[], Any]], ready: Callable[[LightWS], bool],
+                    what: str) -> list[LightWS]:
+    out: list[LightWS] = []
+    for start in range(0, len(opens), OPEN_BATCH):
+        out.extend(await asyncio.gather(*(f() for f in opens[start:start + OPEN_BATCH])))
+    deadline = now() + READY_TIMEOUT
+    while not all(ready(ws) for ws in out):
+        failed = [ws for ws in out if ws.errors or ws.closed.done()]
+        if failed:
+            raise RuntimeError(f"a {what} was refused: {failed[0].first_error[:200]!r}")
+        if now() > deadline:
+            raise RuntimeError(f"{what}s not ready after {READY_TIMEOUT:.0f} s")
+        await asyncio.sleep(0.01)
+    return out
+
+
+async def run(spec: dict[str, Any]) -> dict[str, Any]:
+    dialect = DIALECTS[spec["kind"]]
+    url, n, channels = spec["url"], spec["subscribers"], spec["channels"]
+    names = ["bench"] if channels == 1 else [f"bench-{c}" for c in range(channels)]
+    stats = Stats(groups=channels)
+
+    def on_payload(ws: LightWS, payload: bytes) -> None:
+        t = now()
+        items = dialect.items(payload)
+        ws.count += len(items)
+        if stats.recording:
+            stats.latencies.extend(t - d["t"] for d in items)
+
+    setup_started = now()
+    subs = await _open_all(
+        [lambda ch=ch, i=i: dialect.open_subscriber(url, ch, i < spec["samples"], on_payload)
+         for ch in names for i in range(n)],
+        dialect.subscriber_ready, "subscriber")
+    pubs = await _open_all([lambda ch=ch: dialect.open_publisher(url, ch) for ch in names],
+                           dialect.publisher_ready, "publisher")
+    for ws in [*subs, *pubs]:
+        ws.count = 0  # replies to the set-up ('attached' holds a serial, 'ok' is a frame)
+    groups = [Group(dialect, ch, pubs[c], list(subs[c * n:(c + 1) * n]), stats,
+                    window=spec["window"], ids=spec["ids"], rate=spec["rate"],
+                    limit=spec["messages"] or None)
+              for c, ch in enumerate(names)]
+    setup = now() - setup_started
+
+    pid = spec["server_pid"]
+    first = snapshot(stats, groups, pid)
+    rounds = Rounds(groups, spec["window"])
+    if not spec["rate"]:
+        rounds.start()
+    for g in groups:
+        g.start()
+    problems: list[str] = []
+    if spec["messages"]:  # a fixed count: from the first publish to the last delivery
+        a, stats.recording = first, True
+        try:
+            await asyncio.wait_for(stats.done.wait(), 60 + spec["messages"] / 1000)
+        except TimeoutError:
+            problems.append("timed out before every message was delivered")
+        b = snapshot(stats, groups, pid)
+        if stats.done.is_set():
+            b.t = stats.drained_at
+    else:  # a warm-up, then a steady window
+        await asyncio.sleep(spec["warmup"])
+        a = snapshot(stats, groups, pid)
+        if spec["profile"]:
+            os.kill(pid, signal.SIGUSR1)
+        stats.recording = True
+        await asyncio.sleep(spec["duration"])
+        stats.recording = False
+        b = snapshot(stats, groups, pid)
+        if spec["profile"]:
+            os.kill(pid, signal.SIGUSR2)
+        for g in groups:
+            g.stop()
+        try:
+            await asyncio.wait_for(stats.done.wait(), DRAIN_TIMEOUT)
+        except TimeoutError:
+            problems.append(f"{stats.groups - stats.drained} channel(s) never drained")
+    stats.recording = False
+    rounds.stopped = True
+
+    wrong = sum(1 for g in groups for ws in g.subs if ws.count != g.published)
+    if wrong:
+        problems.append(f"{wrong} subscriber(s) did not receive exactly what was published")
+    errors = [ws for ws in [*subs, *pubs] if ws.errors]
+    if errors:
+        problems.append(f"{len(errors)} connection(s) got errors, e.g. "
+                        f"{errors[0].first_error[:160].decode(errors='replace')}")
+    closed = sum(1 for ws in [*subs, *pubs] if ws.closed.done())
+    if closed:
+        problems.append(f"{closed} connection(s) closed by the server")
+    deadline = now() + 2.0  # acks and deliveries travel apart: give the acks a moment
+    while any(dialect.acks(g.pub) not in (None, g.published) for g in groups) \
+            and now() < deadline and not problems:
+        await asyncio.sleep(0.01)
+    unacked = sum(g.published - (acks if (acks := dialect.acks(g.pub)) is not None
+                                 else g.published) for g in groups)
+    if unacked:
+        problems.append(f"{unacked} publish(es) never acked")
+    for ws in [*subs, *pubs]:
+        ws.close()
+
+    elapsed = b.t - a.t
+    lat = sorted(stats.latencies)
+    return {
+        "elapsed": elapsed,
+        "setup": setup,
+        "published": b.published - a.published,
+        "delivered": b.delivered - a.delivered,
+        "rate": (b.delivered - a.delivered) / elapsed,
+        "pub_rate": (b.published - a.published) / elapsed,
+        "server_cpu": (b.server_cpu - a.server_cpu) / elapsed,
+        "load_cpu": (b.load_cpu - a.load_cpu) / elapsed,
+        "server_wait": (b.server_wait - a.server_wait) / elapsed,
+        "load_wait": (b.load_wait - a.load_wait) / elapsed,
+        "p50_ms": statistics.median(lat) * 1000 if lat else float("nan"),
+        "p99_ms": lat[max(0, int(len(lat) * 0.99) - 1)] * 1000 if lat else float("nan"),
+        "samples": len(lat),
+        "problems": problems,
+    }
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    if spec.get("cpu") is not None:
+        os.sched_setaffinity(0, {spec["cpu"]})
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    result = asyncio.run(run(spec))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
