@@ -218,6 +218,13 @@ class Summary:
         values = [r[key] for r in self.runs if key in r]
         return statistics.median(values) if values else float("nan")
 
+    def per_cpu(self, key: str) -> float:
+        """Median of ``key`` (msg/s) per share of a core the server used: messages per
+        CPU-second of the server."""
+        values = [r[key] / r["server_cpu"] for r in self.runs
+                  if key in r and r.get("server_cpu", 0) > 0]
+        return statistics.median(values) if values else float("nan")
+
     def spread(self, key: str) -> str:
         values = [r[key] for r in self.runs if key in r]
         if len(values) < 2 or not statistics.median(values):
@@ -255,6 +262,34 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b and b == b else float("nan")
 
 
+def _rows(label: str, results: dict[str, Summary], key: str, extra: str = "") -> None:
+    """One line per server of a throughput case: ``key`` (msg/s) is the figure compared."""
+    for kind, s in results.items():
+        other = {"rate": "pub_rate", "pub_rate": "rate"}[key]
+        print(f"{label:>11} {kind:>9} {s.median(key):>12,.0f} {s.median(other):>12,.0f} "
+              f"{s.spread(key):>6} {s.median('server_cpu'):>7.0%} {s.median('load_cpu'):>7.0%} "
+              f"{s.per_cpu(key):>9,.0f}{extra}  {s.note()}", flush=True)
+
+
+def _ratio_rows(label: str, results: dict[str, Summary], key: str) -> dict[str, float]:
+    """The ratio of each server to the first (the baseline): of the figure, and of the
+    messages per CPU-second of the server (steadier when other processes take CPU time)."""
+    kinds = list(results)
+    base = results[kinds[0]]
+    out = {}
+    for kind in kinds[1:]:
+        s = results[kind]
+        out[kind] = r = _ratio(s.median(key), base.median(key))
+        per_cpu = _ratio(s.per_cpu(key), base.per_cpu(key))
+        print(f"{label:>11} {'ratio':>9} {r:>11.2f}x {'':>12} {'':>6} {'':>7} {'':>7} "
+              f"{per_cpu:>8.2f}x  {kind} / {kinds[0]}", flush=True)
+    return out
+
+
+HEAD = (f"{'server':>9} {{:>12}} {{:>12}} {'spread':>6} {'srv cpu':>7} {'gen cpu':>7} "
+        f"{'per cpu-s':>9}")
+
+
 # ------------------------------------------------------------------ cases
 
 
@@ -264,20 +299,11 @@ def case_fanout(args: argparse.Namespace, cpus: Any, ratios: dict[tuple[str, int
            if args.messages else f"{args.seconds:g} s after {args.warmup:g} s of warm-up")
     print(f"\nfan-out: 1 publisher, N subscribers on one channel, at most {args.window} messages "
           f"in flight; delivered msg/s over {how}")
-    print(f"{'subscribers':>11} {'server':>9} {'messages':>9} {'delivered/s':>12} {'spread':>6} "
-          f"{'srv cpu':>7} {'gen cpu':>7}  note")
-    base = FANOUT_KINDS[0]
+    print(f"{'subscribers':>11} " + HEAD.format("delivered/s", "published/s") + "  note")
     for n in counts:
         results = measure(Setting("fanout", n, window=args.window), FANOUT_KINDS, args, cpus)
-        for kind, s in results.items():
-            print(f"{n:>11} {kind:>9} {s.median('published'):>9.0f} {s.median('rate'):>12,.0f} "
-                  f"{s.spread('rate'):>6} {s.median('server_cpu'):>7.0%} "
-                  f"{s.median('load_cpu'):>7.0%}  {s.note()}", flush=True)
-        for kind in FANOUT_KINDS[1:]:
-            r = _ratio(results[kind].median("rate"), results[base].median("rate"))
-            if kind == "rtkit":
-                ratios[("fanout", n)] = r
-            print(f"{n:>11} {'ratio':>9} {'':>9} {r:>11.2f}x  {kind} / {base}", flush=True)
+        _rows(str(n), results, "rate")
+        ratios[("fanout", n)] = _ratio_rows(str(n), results, "rate")["rtkit"]
 
 
 def case_latency(args: argparse.Namespace, cpus: Any, ratios: dict[tuple[str, int], float]) -> None:
@@ -302,17 +328,11 @@ def case_latency(args: argparse.Namespace, cpus: Any, ratios: dict[tuple[str, in
 def case_intake(args: argparse.Namespace, cpus: Any, ratios: dict[tuple[str, int], float]) -> None:
     print(f"\npublish intake: 1 connection pipelining publishes (rtkit: each with a ref and an "
           f"id, acked), at most {args.window} in flight; published msg/s")
-    print(f"{'subscribers':>11} {'server':>9} {'published/s':>12} {'delivered/s':>12} "
-          f"{'spread':>6} {'srv cpu':>7} {'gen cpu':>7}  note")
+    print(f"{'subscribers':>11} " + HEAD.format("published/s", "delivered/s") + "  note")
     for n in INTAKE_SUBSCRIBERS:
         results = measure(Setting("intake", n, window=args.window, ids=True), KINDS, args, cpus)
-        for kind, s in results.items():
-            print(f"{n:>11} {kind:>9} {s.median('pub_rate'):>12,.0f} {s.median('rate'):>12,.0f} "
-                  f"{s.spread('pub_rate'):>6} {s.median('server_cpu'):>7.0%} "
-                  f"{s.median('load_cpu'):>7.0%}  {s.note()}", flush=True)
-        r = _ratio(results["rtkit"].median("pub_rate"), results["raw"].median("pub_rate"))
-        ratios[("intake", n)] = r
-        print(f"{n:>11} {'ratio':>9} {r:>11.2f}x  rtkit / raw", flush=True)
+        _rows(str(n), results, "pub_rate")
+        ratios[("intake", n)] = _ratio_rows(str(n), results, "pub_rate")["rtkit"]
 
 
 def case_channels(args: argparse.Namespace, cpus: Any,
@@ -320,19 +340,15 @@ def case_channels(args: argparse.Namespace, cpus: Any,
     print(f"\nmany channels: {args.channels:,} channels, each with 1 publisher (ids) and 2 "
           f"subscribers, all active; at most {args.channel_window} in flight per channel; "
           f"aggregate delivered msg/s")
-    print(f"{'channels':>9} {'server':>9} {'delivered/s':>12} {'published/s':>12} {'spread':>6} "
-          f"{'srv cpu':>7} {'gen cpu':>7} {'set-up s':>8}  note")
+    print(f"{'channels':>11} " + HEAD.format("delivered/s", "published/s") + f" {'set-up s':>8}"
+          "  note")
     setting = Setting("channels", 2, channels=args.channels, window=args.channel_window,
                       ids=True)
     results = measure(setting, KINDS, args, cpus)
+    label = str(args.channels)
     for kind, s in results.items():
-        print(f"{args.channels:>9} {kind:>9} {s.median('rate'):>12,.0f} "
-              f"{s.median('pub_rate'):>12,.0f} {s.spread('rate'):>6} "
-              f"{s.median('server_cpu'):>7.0%} {s.median('load_cpu'):>7.0%} "
-              f"{s.median('setup'):>8.1f}  {s.note()}", flush=True)
-    r = _ratio(results["rtkit"].median("rate"), results["raw"].median("rate"))
-    ratios[("channels", 2)] = r
-    print(f"{args.channels:>9} {'ratio':>9} {r:>11.2f}x  rtkit / raw", flush=True)
+        _rows(label, {kind: s}, "rate", f" {s.median('setup'):>8.1f}")
+    ratios[("channels", 2)] = _ratio_rows(label, results, "rate")["rtkit"]
 
 
 def report(ratios: dict[tuple[str, int], float]) -> bool:
