@@ -5,12 +5,16 @@ with no protocol) pinned to one CPU, and the load generator (``fanout_load.py``:
 light subscribers from ``lightws.py``) pinned to another. This process only starts them and
 waits. Every case runs rtkit and its baseline ``--repeats`` times each (alternating which goes
 first), measures a steady window after a warm-up, and prints the median, the spread
-((max - min) / median) and their ratio, with the share of a core each process used. The same
-flow control for both servers: a publisher keeps at most ``--window`` messages in flight, a
-message being in flight until *every* subscriber of its channel has received it.
+((max - min) / median) and their ratio, with the share of a core each process used and the
+messages per CPU-second of the server (with its ratio: steadier than the rate when other
+processes take CPU time; the notes say when a process waited for its CPU, when the server sat
+idle, and when the load generator was the limit). The same flow control for both servers: a
+publisher keeps at most ``--window`` messages in flight, a message being in flight until
+*every* subscriber of its channel has received it.
 
 Cases:
   fanout    1 publisher, N = 1, 10, 100, 1,000 subscribers on one channel: delivered msg/s
+            (publishes without ids: rtkit names them)
   latency   1 publisher at 1,000 msg/s, 100 subscribers: p50/p99 from publish to delivery
             (the publish time travels in the message; 10 subscribers decode every frame)
   intake    1 publishing connection pipelining publishes (rtkit: each with a ref and an id,
@@ -18,7 +22,7 @@ Cases:
   channels  1,000 channels, each with 1 publisher and 2 subscribers, all active at once:
             aggregate delivered msg/s (at most ``--channel-window`` in flight per channel)
 
-    python benchmarks/fanout.py                       # every case, about 3-4 minutes
+    python benchmarks/fanout.py                       # every case, about 3 minutes
     python benchmarks/fanout.py --quick               # a smoke run, under 30 s
     python benchmarks/fanout.py --case intake --repeats 3
     python benchmarks/fanout.py --subscribers 100,1000 --seconds 5   # fan-out only

@@ -355,6 +355,8 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
                            dialect.publisher_ready, "publisher")
     for ws in [*subs, *pubs]:
         ws.count = 0  # replies to the set-up ('attached' holds a serial, 'ok' is a frame)
+    for ws in subs:  # from now on a miscount or a close shows a subscriber's trouble
+        ws.error_marker = None
     groups = [Group(dialect, ch, pubs[c], list(subs[c * n:(c + 1) * n]), stats,
                     window=spec["window"], ids=spec["ids"], rate=spec["rate"],
                     limit=spec["messages"] or None)
