@@ -43,12 +43,16 @@ DRAIN_TIMEOUT = 15.0
 
 
 class Subscriber(Protocol):
-    """What the flow control needs from a subscriber of any kind."""
+    """What the set-up, the flow control and the checks need from a subscriber of any kind
+    (:class:`LightWS` is one; an SSE reader would be another)."""
 
+    sample: bool  # decodes every frame to time messages (``on_payload``)
     count: int  # messages received since the run began
-    errors: int
+    frames: int
+    errors: int  # frames holding ``error_marker`` (None: not looked for)
+    error_marker: bytes | None
     first_error: bytes
-    on_progress: Callable[[Any, int], None] | None
+    on_progress: Callable[[Any, int], None] | None  # (subscriber, previous count)
     closed: asyncio.Future[Any]
 
     def close(self) -> None: ...
