@@ -33,20 +33,23 @@ class LightWS(asyncio.Protocol):
     """One light connection.
 
     ``on_payload(ws, payload_bytes)`` is called for every text frame of a sampled connection
-    (it does its own counting); the others only count: ``count_marker`` occurrences per text
-    frame, or one per frame without a marker. ``on_count(ws)`` is called after every text
-    frame, ``on_progress(ws, previous_count)`` once per chunk read when the count moved (the
-    cheap hook for flow control). ``error_marker`` occurrences are counted in ``errors`` and
-    the first frame holding one is kept in ``first_error``.
+    (it does its own counting); the others only count: ``counter(buf, start, end)`` per text
+    frame when given, else ``count_marker`` occurrences, or one per frame without a marker.
+    ``on_count(ws)`` is called after every text frame, ``on_progress(ws, previous_count)`` once
+    per chunk read when the count moved (the cheap hook for flow control). ``error_marker``
+    occurrences are counted in ``errors`` and the first frame holding one is kept in
+    ``first_error``.
     """
 
     def __init__(self, *, sample: bool, count_marker: bytes | None,
                  on_payload: Callable[[LightWS, bytes], None] | None = None,
                  on_count: Callable[[LightWS], None] | None = None,
                  on_progress: Callable[[LightWS, int], None] | None = None,
-                 error_marker: bytes | None = None) -> None:
+                 error_marker: bytes | None = None,
+                 counter: Callable[[bytearray, int, int], int] | None = None) -> None:
         self.sample = sample
         self.count_marker = count_marker
+        self.counter = counter
         self.on_payload = on_payload
         self.on_count = on_count
         self.on_progress = on_progress
@@ -96,7 +99,7 @@ class LightWS(asyncio.Protocol):
             self.open.set_result(None)
         before = self.count
         pos, size = 0, len(buf)
-        marker, error_marker = self.count_marker, self.error_marker
+        marker, error_marker, counter = self.count_marker, self.error_marker, self.counter
         while size - pos >= 2:
             b0, b1 = buf[pos], buf[pos + 1] & 0x7F
             hdr = 2
@@ -122,6 +125,8 @@ class LightWS(asyncio.Protocol):
                         self.first_error = bytes(buf[start:end])
                 if self.sample and self.on_payload is not None:
                     self.on_payload(self, bytes(buf[start:end]))
+                elif counter is not None:
+                    self.count += counter(buf, start, end)
                 elif marker is None:
                     self.count += 1
                 else:
