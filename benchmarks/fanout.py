@@ -246,7 +246,8 @@ class Summary:
             out.append(f"generator-bound (busy {load_cpu:.0%}, waited {load_wait:.0%}): "
                        + ("a lower bound" if throughput else "its delays are in the figures"))
         elif throughput and 1 - server_cpu - server_wait >= 0.2:
-            out.append(f"server idle {1 - server_cpu - server_wait:.0%}")
+            out.append(f"server idle {1 - server_cpu - server_wait:.0%}: held back by the "
+                       "in-flight bound (see --window)")
         if server_wait >= 0.1:
             out.append(f"server waited {server_wait:.0%} for its CPU")
         return "; ".join(out)
