@@ -11,6 +11,13 @@ at least ``window // 8`` more messages have reached every subscriber. It never w
 subscriber only, so none can fall behind without limit. Cost: a subscriber's read updates two
 integers; the O(N) scan for the slowest subscriber runs once per top-up.
 
+**Staying out of the way.** Its cost is per read (a system call and a loop turn), so it reads
+in rounds (:class:`Rounds`) when measuring throughput, and at a fixed rate reads only the
+subscribers that time messages at once (:class:`LazyReaders`). rtkit frames are counted from
+their first and last serial, raw ones one per frame. A run ends by stopping the publishers,
+waiting until every subscriber has every message, and checking that each got exactly what
+was published, every publish was acked and no connection was closed or refused.
+
 **Kinds.** How the generator speaks to a server is a :class:`Dialect`: how a subscriber and a
 publisher are opened and made ready, how deliveries are counted, what a publish looks like.
 ``raw`` and ``rtkit`` exist; another rtkit transport (an SSE subscriber reading
