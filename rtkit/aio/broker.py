@@ -1,55 +1,48 @@
-"""The broker's asyncio driver: WebSocket I/O and timers around :class:`BrokerCore`.
+"""The broker's asyncio driver: one listening socket, connections (``rtkit.aio.conn``) and
+timers around :class:`~rtkit.core.broker.BrokerCore`.
 
-Received frames go to the core as they arrive, a bounded turn at a time: after
-:data:`TURN_FRAMES` frames or :data:`TURN_SECONDS` of one connection the driver yields to the
-event loop, so a client that pipelines thousands of frames cannot starve the others, while a
-fast publisher's messages still reach subscribers in batches.
-What the core wants sent is flushed once per event-loop iteration (``call_soon``), so every
-message published in that iteration reaches a subscriber in one ``message`` frame, encoded
-once for all subscribers of the channel. Each item of a flush is written on its own: one that
+WebSockets and plain HTTP share the port: each connection starts as an HTTP/1.1 request
+(h11); an upgrade becomes a WebSocket with rtkit's own framing (``rtkit.core.wsframes``),
+anything else goes to :meth:`Broker.http_request`.
+
+Output: what the core wants sent is flushed once per event-loop iteration (``call_soon``).
+Every message published in that iteration reaches a subscriber in one ``message`` frame,
+encoded and framed once for all subscribers of the channel, and everything one connection
+gets in a flush leaves in one ``write``. Each item of a flush is handled on its own: one that
 fails is logged and skipped, never taking the others with it.
 
-Memory is bounded where it is queued: after each write, a connection whose outbound buffer
+Memory is bounded where it is queued: after each flush, a connection whose outbound buffer
 exceeds ``max_outbound_buffer`` is aborted at once (a slow consumer, 42903); replays and long
-answers are written a budget at a time, each after the connection's buffer has drained.
-New connections are admitted at the handshake (:class:`~rtkit.core.gate.ConnectionGate`).
+answers are written :data:`STREAM_ROUND` bytes at a time, each once the connection's buffer
+has drained below asyncio's low-water mark. New connections are admitted at the upgrade
+(:class:`~rtkit.core.gate.ConnectionGate`); a dead peer is found by WebSocket pings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import http
+import json
 import logging
 import ssl as ssl_module
 import time
 from typing import Any
 
-from websockets.asyncio.server import Server as WsServer
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
-from websockets.protocol import State
+import h11
 
+from rtkit.aio.conn import HTTP, WEBSOCKET, Connection
 from rtkit.core.broker import BrokerConfig, BrokerCore, Disconnect, Send, Session
 from rtkit.core.tokens import ApiKey, KeyStore
+from rtkit.core.wsframes import OP_PING, frame
+from rtkit.errors import RtkitError
 
 log = logging.getLogger("rtkit.broker")
 
-#: HTTP status of a connection refused at the handshake, by error code.
-_HTTP_STATUS = {40301: http.HTTPStatus.FORBIDDEN, 42911: http.HTTPStatus.SERVICE_UNAVAILABLE,
-                42912: http.HTTPStatus.TOO_MANY_REQUESTS}
-#: Frames received but not yet handled, per connection (then the socket stops being read).
-INBOUND_QUEUE = 8
-#: A connection's turn: frames handled before letting the other connections run.
-TURN_FRAMES, TURN_SECONDS = 64, 0.002
-#: After a turn with a request refused for the rate, the connection's next turn waits this
-#: long: a flood is read at most TURN_FRAMES per pause (then TCP slows the sender down).
-FLOOD_PAUSE = 0.01
+#: HTTP status of a connection refused at the upgrade, by error code.
+_HTTP_STATUS = {40301: 403, 42911: 503, 42912: 429}
 #: Bytes of replay or long answer written per round, before waiting for the buffer to drain.
 STREAM_ROUND = 64 * 1024
-_NO_HEADERS = Headers()
+_PING = frame(OP_PING, b"rtkit")
 
 
 class Broker:
@@ -62,10 +55,13 @@ class Broker:
         self.root_key = root_key or ApiKey.generate("root")
         self.keys = KeyStore([self.root_key])
         self.core = BrokerCore(self.config, self.keys)
-        self._server: WsServer | None = None
+        self.connections: set[Connection] = set()
+        #: Connections whose session has replays or long answers left to write.
+        self.streaming: set[Connection] = set()
+        self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._flush_handle: asyncio.Handle | None = None
-        self._closers: set[asyncio.Task[None]] = set()
+        self._all_gone: asyncio.Event | None = None  # while stopping
         self._tls = False
         self.outbound_peak = 0  # the largest outbound buffer seen after a write (bytes)
         self.host = ""
@@ -80,23 +76,12 @@ class Broker:
                     ssl: ssl_module.SSLContext | None = None) -> None:
         """Listen on ``host:port`` (port 0 picks a free one; see :attr:`url`), over TLS when
         given an ``ssl`` server context (the URL is then ``wss://``)."""
-        hb = self.config.heartbeat_interval
         self._tls = ssl is not None
         self.core.wall_offset = time.time() - time.monotonic()
-        self._server = await serve(
-            self._handle,
-            host,
-            port,
-            ssl=ssl,
-            process_request=self._admit,
-            max_size=self.config.max_frame_size,
-            max_queue=INBOUND_QUEUE,
-            # Transport-level pings find dead clients (half-open links) on the broker side.
-            ping_interval=hb,
-            ping_timeout=hb * 2,
-            open_timeout=self.config.auth_timeout,
-            close_timeout=2.0,
-            compression=None,
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Connection(self), host, port, ssl=ssl,
+            ssl_handshake_timeout=self.config.auth_timeout if ssl is not None else None,
         )
         sock = self._server.sockets[0].getsockname()
         self.host, self.port = sock[0], sock[1]
@@ -107,145 +92,168 @@ class Broker:
         """Say goodbye to every client (``closed`` with 50001), then stop listening."""
         if self._server is None:
             return
+        server, self._server = self._server, None
+        server.close()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         self.core.shutdown()
         self._flush()
-        self._server.close(close_connections=True)
-        await self._server.wait_closed()
-        if self._closers:
-            await asyncio.gather(*self._closers, return_exceptions=True)
-        self._server = None
+        # Closing handshakes get a moment; then whatever is left is dropped.
+        for conn in list(self.connections):
+            if conn.mode == HTTP:
+                conn.abort()
+        self._all_gone = asyncio.Event()
+        if not self.connections:
+            self._all_gone.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_gone.wait(), 1.0)
+        for conn in list(self.connections):
+            conn.abort()
+        await asyncio.sleep(0)  # let connection_lost run
+        await server.wait_closed()
 
-    # ---------------------------------------------------------------- admission
+    # ---------------------------------------------------------------- connections
 
-    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Refuse a handshake over the connection limits, attempt rate or allowed origins."""
-        address = _address(connection)
-        err = self.core.gate.admit(address, time.monotonic(), request.headers.get("Origin"))
+    def admit(self, conn: Connection, origin: str | None) -> RtkitError | None:
+        """Refuse an upgrade over the connection limits, attempt rate or allowed origins
+        (answered here with an HTTP error whose body starts with the rtkit code)."""
+        err = self.core.gate.admit(conn.address, time.monotonic(), origin)
         if err is not None:
-            log.info("refused a connection from %s: %s", address, err)
-            return connection.respond(_HTTP_STATUS.get(err.code, http.HTTPStatus.FORBIDDEN),
-                                      f"{err.code} {err.message}\n")
-        gate = self.core.gate
-        connection.connection_lost_waiter.add_done_callback(lambda _: gate.release(address))
+            log.info("refused a connection from %s: %s", conn.address, err)
+            conn.respond(_HTTP_STATUS.get(err.code, 403), f"{err.code} {err.message}\n".encode())
+            return err
+        conn.admitted = True
         return None
 
-    # ---------------------------------------------------------------- per connection
-
-    async def _handle(self, ws: ServerConnection) -> None:
-        # The handshake's headers are not needed any more: thousands of idle connections
-        # should not keep them. (The request object stays: websockets refers to it.)
-        if ws.request is not None:
-            ws.request.headers = _NO_HEADERS
-        ws.response = None
-        core = self.core
-        session = core.open_session(time.monotonic(), ws)
+    def open_session(self, conn: Connection) -> Session:
+        session = self.core.open_session(time.monotonic(), conn)
         session.flow_control = True
-        frames, turn_ends, refused = 0, 0.0, session.rate_limited
-        try:
-            async for data in ws:
-                now = time.monotonic()
-                if not frames:
-                    turn_ends = now + TURN_SECONDS
-                core.receive(session, data, now)
-                self._schedule_flush()
-                frames += 1
-                if session.streams:
-                    await self._stream(session, ws)
-                    frames = 0
-                elif frames >= TURN_FRAMES or now > turn_ends:
-                    # The end of this connection's turn; a flooder waits a little longer.
-                    flooding = session.rate_limited != refused
-                    await asyncio.sleep(FLOOD_PAUSE if flooding else 0)
-                    frames, refused = 0, session.rate_limited
-        except ConnectionClosed:
-            pass
-        except Exception:  # never let one connection take the broker down
-            log.exception("error while serving %s", session.connection_id)
-        finally:
-            core.session_lost(session, time.monotonic())
-            self._schedule_flush()
+        return session
 
-    async def _stream(self, session: Session, ws: ServerConnection) -> None:
-        """Write the session's replays and long answers a round at a time, each once its
-        outbound buffer has drained. Its next frames are read only afterwards."""
-        while session.streams and not session.closed:
-            await asyncio.sleep(0)  # let the scheduled flush write what is queued
-            try:
-                await ws.drain()
-            except OSError:  # the connection was lost while draining: nothing more to send
-                return
-            if session.closed:
-                break
-            self.core.pump(session, STREAM_ROUND)
-            self._schedule_flush()
+    def connection_lost(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self._all_gone is not None:
+            self._all_gone.set()
+        self.streaming.discard(conn)
+        if conn.admitted:
+            conn.admitted = False
+            self.core.gate.release(conn.address)
+        if conn.session is not None:
+            self.core.session_lost(conn.session, time.monotonic())
+            self.schedule_flush()
+
+    def http_request(self, conn: Connection, request: h11.Request, body: bytes) -> None:
+        """A plain HTTP request (not an upgrade)."""
+        target = request.target.decode("latin-1").split("?", 1)[0]
+        if target == "/health" and request.method in (b"GET", b"HEAD"):
+            conn.respond(200, json.dumps({"status": "ok", **self._counts()}).encode() + b"\n",
+                         content_type="application/json")
+            return
+        conn.respond(426, b"this is an rtkit broker: connect with a WebSocket "
+                          b"(Upgrade: websocket)\n",
+                     [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")])
 
     # ---------------------------------------------------------------- output
 
-    def _schedule_flush(self) -> None:
+    def schedule_flush(self) -> None:
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None
+        touched: list[Connection] = []
         for item in self.core.take_output():
             # Plain code, nothing awaited: no cancellation can arrive here. Whatever one item
             # raises (it should not), the others are still sent.
             try:
-                if isinstance(item, Send):
-                    self._write(item)
+                if type(item) is Send:
+                    data = _text_frame(item.text.encode())
+                    for s in item.targets:
+                        conn: Connection | None = s.transport
+                        if conn is None or conn.mode != WEBSOCKET:
+                            continue
+                        if not conn.out:
+                            touched.append(conn)
+                        conn.out.append(data)
                 elif isinstance(item, Disconnect):
                     self._disconnect(item)
             except Exception:
                 log.exception("could not send to %d connection(s); skipped",
                               len(getattr(item, "targets", ())))
-        if self.core.outbox.items:  # a slow consumer was dropped while writing
-            self._schedule_flush()
-
-    def _write(self, item: Send) -> None:
-        data = item.text.encode()
         limit = self.config.max_outbound_buffer
-        for s in item.targets:
-            ws: ServerConnection | None = s.transport
-            if ws is None or ws.protocol.state is not State.OPEN or ws.transport.is_closing():
-                continue
-            ws.protocol.send_text(data)
-            ws.send_data()
-            buffered = ws.transport.get_write_buffer_size()
+        for conn in touched:
+            conn.flush_out()
+            buffered = conn.buffered()
             if buffered > self.outbound_peak:
                 self.outbound_peak = buffered
-            if buffered > limit:
+            if buffered > limit and conn.session is not None:
                 log.warning("disconnecting slow consumer %s (%d bytes unsent)",
-                            s.connection_id, buffered)
-                ws.transport.abort()
-                self.core.overflowed(s)
+                            conn.session.connection_id, buffered)
+                conn.abort()
+                self.core.overflowed(conn.session)
+        if self.streaming:
+            self._pump_streams()
+        if self.core.outbox.items or self.core.ops.dirty:
+            self.schedule_flush()
+
+    def _pump_streams(self) -> None:
+        for conn in list(self.streaming):
+            s = conn.session
+            if s is None or s.closed or not s.streams:
+                self.streaming.discard(conn)
+                conn.streams_done()
+            elif conn.writable:
+                self.core.pump(s, STREAM_ROUND)
+
+    def pump(self, conn: Connection) -> None:
+        """``conn`` drained: write its next round of replays (at the next flush)."""
+        self.streaming.add(conn)
+        self.schedule_flush()
 
     def _disconnect(self, item: Disconnect) -> None:
-        ws: ServerConnection | None = item.session.transport
-        if ws is None:
+        conn: Connection | None = item.session.transport
+        if conn is None:
             return
         if item.abort:
-            ws.transport.abort()
-            return
-        task = asyncio.get_running_loop().create_task(ws.close(item.close_code, item.reason))
-        self._closers.add(task)
-        task.add_done_callback(self._closers.discard)
+            conn.abort()
+        else:
+            conn.close(item.close_code, item.reason)
 
     # ---------------------------------------------------------------- timers
 
     async def _tick_forever(self) -> None:
-        period = max(0.01, min(0.05, self.config.heartbeat_interval / 4))
+        hb = self.config.heartbeat_interval
+        period = max(0.01, min(0.05, hb / 4))
+        next_sweep = time.monotonic() + hb / 2
         while True:
             await asyncio.sleep(period)
-            self.core.wall_offset = time.time() - time.monotonic()
+            now = time.monotonic()
+            self.core.wall_offset = time.time() - now
             try:
-                self.core.tick(time.monotonic())
+                self.core.tick(now)
+                if now >= next_sweep:
+                    next_sweep = now + hb / 2
+                    self._sweep(now, hb)
             except Exception:  # a bug in one timer must not stop the others for good
                 log.exception("broker tick failed")
             self._flush()
+
+    def _sweep(self, now: float, hb: float) -> None:
+        """Ping WebSockets silent for a heartbeat interval; drop those silent for three (a
+        half-open link: the peer vanished without closing)."""
+        for conn in list(self.connections):
+            if conn.mode != WEBSOCKET:
+                continue
+            idle = now - conn.last_rx
+            if idle > 3 * hb:
+                log.info("no answer from %s for %.1f s: dropping it", conn.address, idle)
+                conn.abort()
+            elif idle > hb and not conn.pinged:
+                conn.pinged = True
+                conn.flush_out()
+                conn.send_control(_PING)
 
     def revoke_key(self, key_id: str) -> int:
         """Refuse ``key_id`` and its tokens from now on and end their live sessions (40108)."""
@@ -260,33 +268,34 @@ class Broker:
         self._flush()
         return hit
 
+    def _counts(self) -> dict[str, int]:
+        return {"connections": len(self.core.sessions), "channels": len(self.core.channels)}
+
     def stats(self) -> dict[str, Any]:
         """Counters, and each bounded resource against its limit (``resources``)."""
         core = self.core
-        buffers = [_buffered(s) for s in core.sessions.values()]
         resources = core.resources()
-        resources["outbound_buffer_bytes"] = {"used": max(buffers, default=0),
-                                              "limit": self.config.max_outbound_buffer}
+        resources["outbound_buffer_bytes"] = {
+            "used": max((c.buffered() for c in self.connections), default=0),
+            "limit": self.config.max_outbound_buffer}
         ledger = core.registry.ledger
         return {
-            "connections": len(core.sessions),
-            "channels": len(core.channels),
+            **self._counts(),
             **core.stats,
             "refused_connections": core.gate.refused,
             "evicted": ledger.evicted,
             "evicted_early": ledger.evicted_early,
             "outbound_peak": self.outbound_peak,
+            "pending_requests": sum(1 for c in self.connections if c.mode == HTTP),
             "resources": resources,
         }
 
 
-def _address(ws: ServerConnection) -> str | None:
-    peer = ws.remote_address
-    return str(peer[0]) if isinstance(peer, tuple) and peer else None
-
-
-def _buffered(s: Session) -> int:
-    ws: ServerConnection | None = s.transport
-    if ws is None or ws.transport is None:
-        return 0
-    return int(ws.transport.get_write_buffer_size())
+def _text_frame(payload: bytes) -> bytes:
+    """A final, unmasked text frame (server to client)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload

@@ -31,6 +31,7 @@ from rtkit.core.channel_ops import ChannelOps
 from rtkit.core.channels import Channel, ChannelRegistry
 from rtkit.core.config import PREAUTH_FRAMES, BrokerConfig
 from rtkit.core.gate import ConnectionGate
+from rtkit.core.intake import fast_publish
 from rtkit.core.session import (
     Disconnect,
     Outbox,
@@ -129,11 +130,20 @@ class BrokerCore:
     # ---------------------------------------------------------------- input
 
     def receive(self, s: Session, data: str | bytes, now: float) -> None:
-        """Handle one frame received from ``s``."""
+        """Handle one frame received from ``s`` (a text frame as ``str``; ``bytes`` is a
+        binary frame, refused with 40004)."""
         if s.closed:
             return
         self.now = now
         self.stats["received"] += 1
+        if s.connected and type(data) is str and not s.held_for:
+            fast = fast_publish(data, self.registry.channels)
+            if fast is not None:
+                p, data_json = fast
+                if not s.bucket.take(now):
+                    return self._rate_limited(s, "nack", p.ref, p.id)
+                return self.ops.publish(s, p.ref, p.channel, p.name, data_json, p.id, now,
+                                        self.wall(now))
         if not s.connected:
             s.early_frames += 1
             if s.early_frames > PREAUTH_FRAMES:  # a tiny allowance before authenticating
@@ -157,22 +167,28 @@ class BrokerCore:
                                    f'"error":{_RATE_LIMITED}}}')
             return None
         if s.connected and not s.bucket.take(now):
-            # One rate for every operation; over it, requests are refused (not counted as
-            # protocol errors: a burst is not an attack) and a heartbeat is not echoed.
-            self.stats["rate_limited"] += 1
-            s.rate_limited += 1
             if isinstance(f, fr.Heartbeat) and f.ref is None:
+                # Over the rate a heartbeat is not echoed (and not answered either).
+                self.stats["rate_limited"] += 1
+                s.rate_limited += 1
                 return None
-            if isinstance(f, fr.Publish) and f.id is not None and not held:
-                s.held_for.append(f.id)  # the ones after it wait until it is back
-            action = "nack" if isinstance(f, fr.Publish) else "error"
-            ref_json = fr.dumps(getattr(f, "ref", None))  # a refusal per frame: kept cheap
-            self.outbox.text((s,), f'{{"action":"{action}","ref":{ref_json},'
-                                   f'"error":{_RATE_LIMITED}}}')
-            return None
+            if isinstance(f, fr.Publish):
+                return self._rate_limited(s, "nack", f.ref, f.id)
+            return self._rate_limited(s, "error", getattr(f, "ref", None), None)
         if held and isinstance(f, fr.Publish):
             held.popleft()  # the first refused publish is back: the next one is awaited
-        return self._dispatch(s, f, now)
+        return self._dispatch(s, f, now, data)
+
+    def _rate_limited(self, s: Session, action: str, ref: fr.Ref | None,
+                      pub_id: str | None) -> None:
+        """One rate for every operation; over it, requests are refused (not counted as
+        protocol errors: a burst is not an attack)."""
+        self.stats["rate_limited"] += 1
+        s.rate_limited += 1
+        if action == "nack" and pub_id is not None and not s.held_for:
+            s.held_for.append(pub_id)  # the ones after it wait until it is back
+        self.outbox.text((s,), f'{{"action":"{action}","ref":{fr.dumps(ref)},'
+                               f'"error":{_RATE_LIMITED}}}')
 
     def _refuse(self, s: Session, ref: fr.Ref | None, exc: RtkitError, nack: bool) -> None:
         """Answer a refused request. Bad requests and refused credentials or capabilities
@@ -185,7 +201,7 @@ class BrokerCore:
         self.outbox.send(s, fr.Nack(ref=ref, error=exc) if nack else fr.Error(ref=ref, error=exc))
         return None
 
-    def _dispatch(self, s: Session, f: fr.Frame, now: float) -> None:
+    def _dispatch(self, s: Session, f: fr.Frame, now: float, text: str | bytes) -> None:
         if isinstance(f, fr.Heartbeat):
             if f.ref is not None:
                 self.outbox.send(s, fr.Heartbeat(ref=f.ref))
@@ -197,7 +213,7 @@ class BrokerCore:
                                 isinstance(f, fr.Publish))
         ops = self.ops
         if isinstance(f, fr.Publish):
-            return ops.on_publish(s, f, now, self.wall(now))
+            return ops.on_publish(s, f, now, self.wall(now), text)
         if isinstance(f, fr.Attach):
             return ops.on_attach(s, f, now)
         if isinstance(f, fr.Detach):
@@ -246,6 +262,7 @@ class BrokerCore:
         except RtkitError as exc:
             return self._fatal(s, exc, f.ref)
         s.connected, s.client_id, s.capability = True, client_id, cap
+        s.client_id_json = fr.dumps(client_id)
         s.token_expires, s.key_id = expires, key_id
         self.timers.token(s)
         self.timers.connected(s, now)

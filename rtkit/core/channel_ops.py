@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rtkit.core import frames as fr
-from rtkit.core.channels import Channel, ChannelRegistry, encode_message, presence_size
+from rtkit.core.channels import Channel, ChannelRegistry, presence_size
 from rtkit.core.config import FRAME_RESERVE, BrokerConfig
 from rtkit.core.frames import dumps, nbytes
+from rtkit.core.intake import raw_data
 from rtkit.core.session import Outbox, Session
 from rtkit.core.store import SERIAL, TIMESTAMP
 from rtkit.core.streams import HistoryAnswer, PresenceAnswer, Replay, Streamer
@@ -107,36 +108,52 @@ class ChannelOps:
 
     # ---------------------------------------------------------------- publish
 
-    def on_publish(self, s: Session, f: fr.Publish, now: float, wall: float) -> None:
+    def on_publish(self, s: Session, f: fr.Publish, now: float, wall: float,
+                   text: str | bytes = "") -> None:
+        """A publish frame the full decoder accepted (``text``: as received). The fast path
+        (``rtkit.core.intake``) calls :meth:`publish` directly."""
+        try:
+            dumps(f.data)
+        except ValueError:  # e.g. 1e999 parsed as infinity: not JSON any client reads
+            self.refuse(s, f.ref, ProtocolError("invalid JSON: a number out of range",
+                                                code=40001), True)
+            return
+        # Data is relayed as its publisher encoded it, whichever path decoded the frame.
+        data_json = raw_data(text) if isinstance(text, str) else None
+        self.publish(s, f.ref, f.channel, f.name,
+                     dumps(f.data) if data_json is None else data_json, f.id, now, wall)
+
+    def publish(self, s: Session, ref: fr.Ref | None, channel: str, name: str,
+                data_json: str, pub_id: str | None, now: float, wall: float) -> None:
+        """Store and fan out one message whose data is already JSON text (checked)."""
         c = self.config
         try:
-            self.check(s, "publish", f.channel)
-            try:
-                data_json = dumps(f.data)
-            except ValueError:  # e.g. 1e999 parsed as infinity: not JSON any client reads
-                raise ProtocolError("invalid JSON: a number out of range", code=40001) from None
-            size = nbytes(data_json) + nbytes(f.name)
+            self.check(s, "publish", channel)
+            size = nbytes(data_json) + nbytes(name)
             if size > c.max_message_size:
                 raise error(42901, f"message is {size} bytes; the limit is {c.max_message_size}")
-            ch = self.registry.get_or_create(f.channel, s.owner)
+            ch = self.registry.channels.get(channel) or self.registry.get_or_create(
+                channel, s.owner)
         except RtkitError as exc:
-            self.refuse(s, f.ref, exc, True)
+            self.refuse(s, ref, exc, True)
             return
         # Ids are scoped per publisher (its client id, else its connection): nobody else can
         # make one of its publishes look like a duplicate.
-        key = None if f.id is None else f"{s.owner}|{f.id}"
+        key = None if pub_id is None else f"{s.owner}|{pub_id}"
         dup = ch.store.find(key) if key is not None else None
         if dup is not None:
-            self.outbox.send(s, fr.Ack(ref=f.ref, channel=ch.name, id=f.id or "", duplicate=True,
+            self.outbox.send(s, fr.Ack(ref=ref, channel=ch.name, id=pub_id or "", duplicate=True,
                                        serial=dup[SERIAL], timestamp=dup[TIMESTAMP]))
             return
-        msg_id = f.id if f.id is not None else f"{s.connection_id}:{s.published + 1}"
+        msg_id = pub_id if pub_id is not None else f"{s.connection_id}:{s.published + 1}"
         timestamp = int(wall * 1000)
-        fragment = encode_message(msg_id, f.name, data_json, ch.serial + 1, timestamp,
-                                  s.client_id)
+        id_json = dumps(msg_id)
+        fragment = (f'{{"id":{id_json},"name":{dumps(name)},"data":{data_json},'
+                    f'"serial":{ch.serial + 1},"timestamp":{timestamp},'
+                    f'"client_id":{s.client_id_json}}}')
         fsize = nbytes(fragment)
         if fsize + FRAME_RESERVE > c.max_frame_size:  # its ids and name made it too big
-            self.refuse(s, f.ref, error(42901, "message too large for a frame"), True)
+            self.refuse(s, ref, error(42901, "message too large for a frame"), True)
             return
         s.published += 1
         if ch.pending_events or ch.pending_bytes + fsize + 1 + ch.envelope > c.max_frame_size:
@@ -147,8 +164,9 @@ class ChannelOps:
         if ch.subscribers:
             ch.queue(fragment, fsize)
             self.dirty[ch] = None
-        self.outbox.text((s,), f'{{"action":"ack","ref":{dumps(f.ref)},"channel":{ch.name_json},'
-                               f'"id":{dumps(msg_id)},"serial":{ch.serial},'
+        ref_json = str(ref) if type(ref) is int else dumps(ref)
+        self.outbox.text((s,), f'{{"action":"ack","ref":{ref_json},"channel":{ch.name_json},'
+                               f'"id":{id_json},"serial":{ch.serial},'
                                f'"timestamp":{timestamp}}}')
 
     # ---------------------------------------------------------------- history, presence

@@ -2,8 +2,9 @@
 channel (:class:`Channel`), and the registry that creates, charges and reclaims them
 (:class:`ChannelRegistry`).
 
-Messages are encoded to JSON exactly once, when published; deliveries, replays and history
-answers join those encoded fragments instead of encoding again.
+Messages are encoded to JSON exactly once, when published (see ``ChannelOps.publish``);
+deliveries, replays and history answers join those encoded fragments instead of encoding
+again.
 """
 
 from __future__ import annotations
@@ -16,16 +17,6 @@ from rtkit.core.config import BrokerConfig
 from rtkit.core.frames import PresenceMember, dumps, nbytes
 from rtkit.core.store import Ledger, Store
 from rtkit.errors import error
-
-
-def encode_message(
-    msg_id: str, name: str, data_json: str, serial: int, timestamp: int, client_id: str | None
-) -> str:
-    """The JSON object of one delivered message, built by formatting (no second encode)."""
-    return (
-        f'{{"id":{dumps(msg_id)},"name":{dumps(name)},"data":{data_json},'
-        f'"serial":{serial},"timestamp":{timestamp},"client_id":{dumps(client_id)}}}'
-    )
 
 
 class Channel:

@@ -39,6 +39,7 @@ class Session:
     connected: bool = False
     closed: bool = False
     client_id: str | None = None
+    client_id_json: str = "null"  # client_id as JSON, for the messages it publishes
     key_id: str | None = None
     capability: Capability = _NOTHING
     #: Wall-clock expiry of the token (None for a key or before connecting).

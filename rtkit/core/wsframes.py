@@ -15,12 +15,12 @@ import hashlib
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 try:  # websockets' C helper: unmasking at memcpy speed
     from websockets.speedups import apply_mask as _c_apply_mask
 
-    _apply_mask: Callable[[bytes, bytes], bytes] = _c_apply_mask
+    _apply_mask: Callable[[bytes | bytearray, bytes | bytearray], bytes] = _c_apply_mask
 except ImportError:  # pragma: no cover - a build without the C extension
     from websockets.utils import apply_mask as _apply_mask
 
@@ -107,26 +107,29 @@ def parse_close(payload: bytes) -> tuple[int, str]:
         raise FrameError(INVALID_DATA, "close reason is not UTF-8") from None
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A whole message (``opcode`` TEXT or BINARY) or a control frame."""
+class Message(NamedTuple):
+    """A whole message (``opcode`` TEXT or BINARY) or a control frame. ``data`` is ``str``
+    for a text message read by a reader made with ``decode_text``, else ``bytes``."""
 
     opcode: int
-    data: bytes
+    data: bytes | str
 
 
 class FrameReader:
     """Turns received bytes into whole messages and control frames.
 
     ``masked``: whether frames must be masked (a server reads masked client frames; a client
-    reads unmasked server frames). ``max_size`` bounds a message (close code 1009).
+    reads unmasked server frames). ``max_size`` bounds a message (close code 1009). With
+    ``decode_text`` a text message's data is the decoded ``str``.
     """
 
-    __slots__ = ("_buffer", "_frag_op", "_frag_size", "_fragments", "masked", "max_size")
+    __slots__ = ("_buffer", "_frag_op", "_frag_size", "_fragments", "decode_text", "masked",
+                 "max_size")
 
-    def __init__(self, masked: bool, max_size: int = 1 << 20) -> None:
+    def __init__(self, masked: bool, max_size: int = 1 << 20, decode_text: bool = False) -> None:
         self.masked = masked
         self.max_size = max_size
+        self.decode_text = decode_text
         self._buffer = bytearray()
         self._fragments: list[bytes] = []
         self._frag_op = 0
@@ -169,14 +172,19 @@ class FrameReader:
             total = head + (4 if masked else 0) + length
             if end - pos < total:
                 break
-            start = pos + head
+            start, pos = pos + head, pos + total
             if masked:
-                key = bytes(buf[start:start + 4])
-                payload = unmask(bytes(buf[start + 4:pos + total]), key)
+                payload = bytes(_apply_mask(buf[start + 4:pos], buf[start:start + 4]))
             else:
-                payload = bytes(buf[start:pos + total])
-            pos += total
-            self._take(opcode, bool(fin), payload, out)
+                payload = bytes(buf[start:pos])
+            if opcode == OP_TEXT and fin and not self._frag_op:  # the usual case, inline
+                try:
+                    text = payload.decode()
+                except UnicodeDecodeError:
+                    raise FrameError(INVALID_DATA, "text frame is not valid UTF-8") from None
+                out.append(Message(OP_TEXT, text if self.decode_text else payload))
+            else:
+                self._take(opcode, bool(fin), payload, out)
         if pos:
             del buf[:pos]
         return out
@@ -203,11 +211,13 @@ class FrameReader:
         else:
             self._frag_op, self._fragments, self._frag_size = opcode, [payload], len(payload)
 
-    @staticmethod
-    def _whole(opcode: int, payload: bytes, out: list[Message]) -> None:
+    def _whole(self, opcode: int, payload: bytes, out: list[Message]) -> None:
         if opcode == OP_TEXT:
             try:
-                payload.decode()
+                text = payload.decode()
             except UnicodeDecodeError:
                 raise FrameError(INVALID_DATA, "text frame is not valid UTF-8") from None
+            if self.decode_text:
+                out.append(Message(opcode, text))
+                return
         out.append(Message(opcode, payload))

@@ -26,7 +26,9 @@ class Harness:
         return s
 
     def send(self, s: Session, frame: dict[str, Any] | str | bytes) -> None:
-        text = json.dumps(frame) if isinstance(frame, dict) else frame
+        if isinstance(frame, dict):  # encoded as rtkit's client does
+            frame = json.dumps(frame, ensure_ascii=False)
+        text = frame
         self.core.receive(s, text, self.now)
 
     def flush(self) -> None:
