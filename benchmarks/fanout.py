@@ -242,12 +242,17 @@ class Summary:
         out = [f"INCOMPLETE: {'; '.join(dict.fromkeys(notes))}"] if notes else []
         server_wait, load_wait = self.median("server_wait"), self.median("load_wait")
         load_cpu, server_cpu = self.median("load_cpu"), self.median("server_cpu")
+        idle = 1 - server_cpu - server_wait
         if load_cpu + load_wait >= 0.85:
             out.append(f"generator-bound (busy {load_cpu:.0%}, waited {load_wait:.0%}): "
                        + ("a lower bound" if throughput else "its delays are in the figures"))
-        elif throughput and 1 - server_cpu - server_wait >= 0.2:
-            out.append(f"server idle {1 - server_cpu - server_wait:.0%}: held back by the "
-                       "in-flight bound (see --window)")
+        elif throughput and idle >= 0.2 and load_wait >= 0.1:
+            out.append(f"server idle {idle:.0%}, the generator waited {load_wait:.0%} for its "
+                       "CPU: a lower bound")
+        elif throughput and idle >= 0.2:
+            out.append(f"server idle {idle:.0%}: held back by the in-flight bound (see --window)")
+        elif load_wait >= 0.1:
+            out.append(f"generator waited {load_wait:.0%} for its CPU")
         if server_wait >= 0.1:
             out.append(f"server waited {server_wait:.0%} for its CPU")
         return "; ".join(out)
@@ -267,13 +272,20 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b and b == b else float("nan")
 
 
+def _num(x: float, width: int, spec: str, unit: str = "") -> str:
+    """``x`` formatted and right-aligned, or "-" when unknown (NaN: a window too short to
+    count CPU time, or nothing measured)."""
+    return (format(x, spec) + unit if x == x else "-").rjust(width)
+
+
 def _rows(label: str, results: dict[str, Summary], key: str, extra: str = "") -> None:
     """One line per server of a throughput case: ``key`` (msg/s) is the figure compared."""
     for kind, s in results.items():
         other = {"rate": "pub_rate", "pub_rate": "rate"}[key]
         print(f"{label:>11} {kind:>9} {s.median(key):>12,.0f} {s.median(other):>12,.0f} "
-              f"{s.spread(key):>6} {s.median('server_cpu'):>7.0%} {s.median('load_cpu'):>7.0%} "
-              f"{s.per_cpu(key):>9,.0f}{extra}  {s.note()}", flush=True)
+              f"{s.spread(key):>6} {_num(s.median('server_cpu'), 7, '.0%')} "
+              f"{_num(s.median('load_cpu'), 7, '.0%')} {_num(s.per_cpu(key), 9, ',.0f')}{extra}"
+              f"  {s.note()}", flush=True)
 
 
 def _ratio_rows(label: str, results: dict[str, Summary], key: str) -> dict[str, float]:
@@ -287,7 +299,7 @@ def _ratio_rows(label: str, results: dict[str, Summary], key: str) -> dict[str, 
         out[kind] = r = _ratio(s.median(key), base.median(key))
         per_cpu = _ratio(s.per_cpu(key), base.per_cpu(key))
         print(f"{label:>11} {'ratio':>9} {r:>11.2f}x {'':>12} {'':>6} {'':>7} {'':>7} "
-              f"{per_cpu:>8.2f}x  {kind} / {kinds[0]}", flush=True)
+              f"{_num(per_cpu, 9, '.2f', 'x')}  {kind} / {kinds[0]}", flush=True)
     return out
 
 
@@ -326,7 +338,8 @@ def case_latency(args: argparse.Namespace, cpus: Any, ratios: dict[tuple[str, in
                                          "published", note) if x)
         print(f"{kind:>9} {s.median('p50_ms'):>8.2f} {s.median('p99_ms'):>8.2f} "
               f"{s.spread('p99_ms'):>6} {s.median('samples'):>8.0f} "
-              f"{s.median('server_cpu'):>7.0%} {s.median('load_cpu'):>7.0%}  {note}",
+              f"{_num(s.median('server_cpu'), 7, '.0%')} "
+              f"{_num(s.median('load_cpu'), 7, '.0%')}  {note}",
               flush=True)
     rt, raw = results["rtkit"], results["raw"]
     ratios[("latency", 0)] = rt.median("p99_ms")
