@@ -14,7 +14,8 @@ publisher keeps at most ``--window`` messages in flight, a message being in flig
 
 Cases:
   fanout    1 publisher, N = 1, 10, 100, 1,000 subscribers on one channel: delivered msg/s
-            (publishes without ids: rtkit names them)
+            (publishes without ids: rtkit names them); a row per rtkit transport of the
+            subscribers (``--transport``, default ws), each with its ratio to the raw relay
   latency   1 publisher at 1,000 msg/s, 100 subscribers: p50/p99 from publish to delivery
             (the publish time travels in the message; 10 subscribers decode every frame)
   intake    1 publishing connection pipelining publishes (rtkit: each with a ref and an id,
@@ -63,11 +64,14 @@ RTKIT_CONFIG: dict[str, Any] = {
     "max_connections_per_address": 100_000,
     "connection_attempt_rate": 1e6, "connection_attempt_burst": 100_000,
 }
-#: Which server each kind of run talks to (a transport of rtkit, e.g. an SSE subscriber, would
-#: add a kind served by "rtkit" and a dialect in fanout_load.py).
-SERVER_OF = {"raw": "raw", "rtkit": "rtkit"}
-FANOUT_KINDS = ("raw", "rtkit")  # columns of the fan-out case; the first is the baseline
-KINDS = ("raw", "rtkit")  # the other cases
+#: rtkit's transports for the subscribers of the fan-out case (``--transport``, one row each):
+#: the kind of run of each, served by rtkit's broker, its subscribers speaking the load
+#: generator's dialect of that name (``fanout_load.DIALECTS``); publishers use a WebSocket.
+#: The SSE transport is one more entry ("sse": "rtkit-sse") and one more dialect.
+TRANSPORTS = {"ws": "rtkit"}
+#: Which server each kind of run talks to.
+SERVER_OF = {"raw": "raw", **dict.fromkeys(TRANSPORTS.values(), "rtkit")}
+KINDS = ("raw", "rtkit")  # the cases other than fan-out; the first is the baseline
 CASES = ("fanout", "latency", "intake", "channels")
 LATENCY_RATE, LATENCY_SUBSCRIBERS, LATENCY_SAMPLES = 1000.0, 100, 10
 INTAKE_SUBSCRIBERS = (1, 10)
@@ -310,6 +314,12 @@ HEAD = (f"{'server':>9} {{:>12}} {{:>12}} {'spread':>6} {'srv cpu':>7} {'gen cpu
 # ------------------------------------------------------------------ cases
 
 
+def _fanout_case(kind: str) -> str:
+    """The key of a fan-out ratio: "fanout" for rtkit over WebSocket (the one with targets),
+    "fanout <kind>" for another transport."""
+    return "fanout" if kind == "rtkit" else f"fanout {kind}"
+
+
 def case_fanout(args: argparse.Namespace, cpus: Any, ratios: dict[tuple[str, int], float]) -> None:
     counts = [int(x) for x in args.subscribers.split(",")]
     how = (f"{args.messages} messages, from the first publish to the last delivery"
@@ -318,9 +328,11 @@ def case_fanout(args: argparse.Namespace, cpus: Any, ratios: dict[tuple[str, int
           f"in flight; delivered msg/s over {how}")
     print(f"{'subscribers':>11} " + HEAD.format("delivered/s", "published/s") + "  note")
     for n in counts:
-        results = measure(Setting("fanout", n, window=args.window), FANOUT_KINDS, args, cpus)
+        kinds = ("raw", *(TRANSPORTS[t] for t in args.transport))
+        results = measure(Setting("fanout", n, window=args.window), kinds, args, cpus)
         _rows(str(n), results, "rate")
-        ratios[("fanout", n)] = _ratio_rows(str(n), results, "rate")["rtkit"]
+        for kind, r in _ratio_rows(str(n), results, "rate").items():
+            ratios[(_fanout_case(kind), n)] = r
 
 
 def case_latency(args: argparse.Namespace, cpus: Any, ratios: dict[tuple[str, int], float]) -> None:
@@ -375,11 +387,12 @@ def case_channels(args: argparse.Namespace, cpus: Any,
 
 def report(ratios: dict[tuple[str, int], float]) -> bool:
     """Print the ratios and the targets of issue 12; True when every target measured is met."""
-    fanout = [(n, r) for (case, n), r in ratios.items() if case == "fanout"]
     print()
-    if fanout:
-        print("ratios: " + ", ".join(f"N={n}: {r:.2f}" for n, r in fanout)
-              + "  (fan-out, rtkit / raw delivered msg/s)")
+    for fanout in dict.fromkeys(case for case, _ in ratios if case.startswith("fanout")):
+        kind = fanout.partition(" ")[2] or "rtkit"
+        print("ratios: " + ", ".join(f"N={n}: {r:.2f}" for (case, n), r in ratios.items()
+                                     if case == fanout)
+              + f"  (fan-out, {kind} / raw delivered msg/s)")
     met = True
     lines = []
     for (case, n), target in TARGETS.items():
@@ -412,8 +425,11 @@ def main() -> int:
                                 epilog="\n".join(__doc__.split("\n")[1:]))
     p.add_argument("--case", choices=CASES, action="append",
                    help="run this case (repeatable; default: all, or fanout when "
-                        "--subscribers or --messages is given)")
+                        "--subscribers, --messages or --transport is given)")
     p.add_argument("--subscribers", help="fan-out subscriber counts (default 1,10,100,1000)")
+    p.add_argument("--transport", choices=TRANSPORTS, action="append",
+                   help="rtkit's transport for the fan-out subscribers (repeatable: a row each; "
+                        "default ws)")
     p.add_argument("--messages", type=int, default=0,
                    help="fan-out: publish this many messages and time them all, instead of a "
                         "steady window (a quick check; includes the warm-up)")
@@ -442,7 +458,9 @@ def main() -> int:
         asyncio.run(_serve(args.serve, args.profile_to))
         return 0
 
-    cases = args.case or (["fanout"] if args.subscribers or args.messages else list(CASES))
+    fanout_only = args.subscribers or args.messages or args.transport
+    cases = args.case or (["fanout"] if fanout_only else list(CASES))
+    args.transport = args.transport or ["ws"]
     quick = args.quick
     args.subscribers = args.subscribers or ("1,100" if quick else "1,10,100,1000")
     args.repeats = args.repeats or (1 if quick else 2)

@@ -20,9 +20,14 @@ was published, every publish was acked and no connection was closed or refused.
 
 **Kinds.** How the generator speaks to a server is a :class:`Dialect`: how a subscriber and a
 publisher are opened and made ready, how deliveries are counted, what a publish looks like.
-``raw`` and ``rtkit`` exist; another rtkit transport (an SSE subscriber reading
-``text/event-stream``, publishing over WebSocket) is one more dialect whose
-``open_subscriber`` returns any object with the :class:`Subscriber` attributes.
+``raw`` and ``rtkit`` exist. Another rtkit transport for the subscribers is one more dialect,
+registered in :data:`DIALECTS` under the kind that ``fanout.py``'s ``TRANSPORTS`` names. For
+SSE (``"sse": "rtkit-sse"``): a subclass of :class:`RtkitDialect` (its publishers, publishes
+and acks unchanged) whose ``open_subscriber`` opens the event stream with a light SSE client
+and POSTs ``connect`` and ``attach``, and whose ``subscriber_ready`` waits for their two
+replies. That client must have the :class:`Subscriber` attributes: its events' ``data`` are
+the same frames, so :func:`count_serials` counts them, and ``transport.pause_reading`` lets
+:class:`LazyReaders` read it lazily.
 """
 
 from __future__ import annotations
@@ -36,10 +41,11 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lightws import LightWS, now, open_light, text_frame
@@ -62,8 +68,12 @@ class Subscriber(Protocol):
     first_error: bytes
     on_progress: Callable[[Any, int], None] | None  # (subscriber, previous count)
     closed: asyncio.Future[Any]
+    transport: asyncio.Transport | None  # paused and resumed by LazyReaders
 
     def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Subscriber)  # a connection of the load generator
 
 
 @dataclass
@@ -87,12 +97,12 @@ class Dialect:
     name = "raw"
 
     async def open_subscriber(self, url: str, channel: str, sample: bool,
-                              on_payload: Callable[[LightWS, bytes], None]) -> LightWS:
+                              on_payload: Callable[[Any, bytes], None]) -> Subscriber:
         ws = await open_light(url, sample=sample, count_marker=None, on_payload=on_payload)
         ws.send_text(f"sub:{channel}")
         return ws
 
-    def subscriber_ready(self, ws: LightWS) -> bool:
+    def subscriber_ready(self, ws: Subscriber) -> bool:
         return ws.frames >= 1
 
     async def open_publisher(self, url: str, channel: str) -> LightWS:
@@ -143,14 +153,14 @@ class RtkitDialect(Dialect):
     error = b'"code":'  # an error object: in a nack or an error frame
 
     async def open_subscriber(self, url: str, channel: str, sample: bool,
-                              on_payload: Callable[[LightWS, bytes], None]) -> LightWS:
+                              on_payload: Callable[[Any, bytes], None]) -> Subscriber:
         ws = await open_light(url, sample=sample, count_marker=None, counter=count_serials,
                               on_payload=on_payload, error_marker=self.error)
         ws.send_json({"action": "connect", "ref": 0, "key": KEY})
         ws.send_json({"action": "attach", "ref": 1, "channel": channel})
         return ws
 
-    def subscriber_ready(self, ws: LightWS) -> bool:
+    def subscriber_ready(self, ws: Subscriber) -> bool:
         return ws.frames >= 2  # connected, attached
 
     async def open_publisher(self, url: str, channel: str) -> LightWS:
@@ -183,6 +193,7 @@ class RtkitDialect(Dialect):
         return []
 
 
+#: The dialect of each kind of run (``fanout.py`` passes the kind).
 DIALECTS: dict[str, Dialect] = {"raw": Dialect(), "rtkit": RtkitDialect()}
 
 
@@ -321,7 +332,7 @@ class LazyReaders:
 
     SLICES = 10
 
-    def __init__(self, subs: list[LightWS], period: float = 0.01) -> None:
+    def __init__(self, subs: list[Subscriber], period: float = 0.01) -> None:
         lazy = [ws for ws in subs if not ws.sample and ws.transport is not None]
         self.slices = [lazy[k::self.SLICES] for k in range(self.SLICES)]
         self.period = period
@@ -386,9 +397,9 @@ def snapshot(stats: Stats, groups: list[Group], server_pid: int) -> Snapshot:
                     run_delay("self"))
 
 
-async def _open_all(opens: list[Callable[[], Any]], ready: Callable[[LightWS], bool],
-                    what: str) -> list[LightWS]:
-    out: list[LightWS] = []
+async def _open_all(opens: list[Callable[[], Awaitable[C]]], ready: Callable[[C], bool],
+                    what: str) -> list[C]:
+    out: list[C] = []
     for start in range(0, len(opens), OPEN_BATCH):
         out.extend(await asyncio.gather(*(f() for f in opens[start:start + OPEN_BATCH])))
     deadline = now() + READY_TIMEOUT
@@ -408,7 +419,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     names = ["bench"] if channels == 1 else [f"bench-{c}" for c in range(channels)]
     stats = Stats(groups=channels)
 
-    def on_payload(ws: LightWS, payload: bytes) -> None:
+    def on_payload(ws: Subscriber, payload: bytes) -> None:
         t = now()
         items = dialect.items(payload)
         ws.count += len(items)
@@ -417,10 +428,10 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
 
     setup_started = now()
     subs = await _open_all(
-        [lambda ch=ch, i=i: dialect.open_subscriber(url, ch, i < spec["samples"], on_payload)
+        [partial(dialect.open_subscriber, url, ch, i < spec["samples"], on_payload)
          for ch in names for i in range(n)],
         dialect.subscriber_ready, "subscriber")
-    pubs = await _open_all([lambda ch=ch: dialect.open_publisher(url, ch) for ch in names],
+    pubs = await _open_all([partial(dialect.open_publisher, url, ch) for ch in names],
                            dialect.publisher_ready, "publisher")
     for ws in [*subs, *pubs]:
         ws.count = 0  # replies to the set-up ('attached' holds a serial, 'ok' is a frame)

@@ -168,6 +168,7 @@ async def open_light(url: str, **kwargs: Any) -> LightWS:
         ws._host = parsed.netloc
         return ws
 
+    assert parsed.hostname is not None and parsed.port is not None, url
     _, ws = await loop.create_connection(factory, parsed.hostname, parsed.port)
     await asyncio.wait_for(ws.open, 30)
     return ws
