@@ -2,18 +2,20 @@
 ``lightws.py``): it opens the event stream, sends its frames in one POST, and counts
 messages without decoding JSON (except on the few connections sampled for latency).
 
-Same interface as :class:`lightws.LightWS` for the fan-out benchmark: ``count``, ``frames``
-(protocol frames received), ``sample``, ``on_payload(sub, payload)``, ``on_count(sub)``,
-``transport``; plus :meth:`LightSSE.send_frames` for the POSTs. A fan-out subscriber::
+It has what ``fanout_load.Subscriber`` asks of a subscriber (``sample``, ``count``,
+``frames``, ``errors``, ``error_marker``, ``first_error``, ``on_progress``, ``closed``,
+``transport``, ``close()``), and counts as :class:`lightws.LightWS` does (``counter``,
+``count_marker``, ``on_payload``, ``on_count``, ``on_progress``), from the ``data`` of each
+event: the same frames as over a WebSocket. Frames go to the broker with
+:meth:`LightSSE.send_frames` (one POST). A fan-out subscriber, as an SSE dialect of
+``fanout_load.py`` would open it (a subclass of ``RtkitDialect``)::
 
-    sub = await open_light_sse(url, sample=False, count_marker=b'"serial":',
-                               on_payload=on_payload, on_count=on_count)
+    sub = await open_light_sse(url, sample=sample, count_marker=None,
+                               counter=count_serials, on_payload=on_payload,
+                               error_marker=self.error)
     await sub.send_frames({"action": "connect", "ref": 0, "key": KEY},
-                          {"action": "attach", "ref": 1, "channel": "bench"})  # 204
-    # then, as for LightWS: wait for sub.frames >= 2 (connected, attached), sub.count = 0
-
-Its sampled payloads are the same ``message`` frames as over a WebSocket (``on_payload``
-needs no change); there is no ``send_json``/``send_text``.
+                          {"action": "attach", "ref": 1, "channel": channel})  # 204
+    # subscriber_ready: sub.frames >= 2 (connected, attached), as for a WebSocket
 """
 
 from __future__ import annotations
@@ -33,17 +35,26 @@ class LightSSE(asyncio.Protocol):
 
     def __init__(self, *, sample: bool, count_marker: bytes | None,
                  on_payload: Callable[[LightSSE, bytes], None] | None = None,
-                 on_count: Callable[[LightSSE], None] | None = None) -> None:
+                 on_count: Callable[[LightSSE], None] | None = None,
+                 on_progress: Callable[[LightSSE, int], None] | None = None,
+                 error_marker: bytes | None = None,
+                 counter: Callable[[bytearray, int, int], int] | None = None) -> None:
         self.sample = sample
         self.count_marker = count_marker
+        self.counter = counter
         self.on_payload = on_payload
         self.on_count = on_count
+        self.on_progress = on_progress
+        self.error_marker = error_marker
         self.count = 0
         self.frames = 0
+        self.errors = 0
+        self.first_error = b""
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         loop = asyncio.get_running_loop()
         self.open: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[Exception | None] = loop.create_future()
         self.key = ""
         self._head_done = False
         self._seq = 0
@@ -58,6 +69,8 @@ class LightSSE(asyncio.Protocol):
                         f"Accept: text/event-stream\r\n\r\n".encode())
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(exc)
         if not self.open.done():
             self.open.set_exception(ConnectionError("closed before the stream opened"))
 
@@ -69,12 +82,15 @@ class LightSSE(asyncio.Protocol):
             if end < 0:
                 return
             if not buf.startswith(b"HTTP/1.1 200"):
-                self.open.set_exception(ConnectionError(bytes(buf[:80]).decode(errors="replace")))
+                if not self.open.done():
+                    self.open.set_exception(
+                        ConnectionError(bytes(buf[:80]).decode(errors="replace")))
                 return
             del buf[: end + 4]
             self._head_done = True
+        before = self.count
         pos = 0
-        marker = self.count_marker
+        marker, error_marker, counter = self.count_marker, self.error_marker, self.counter
         while True:
             end = buf.find(b"\n\n", pos)
             if end < 0:
@@ -82,8 +98,14 @@ class LightSSE(asyncio.Protocol):
             if buf.startswith(b"id:", pos):  # a protocol frame: "id: n\ndata: {...}"
                 self.frames += 1
                 start = buf.find(b"data: ", pos, end) + 6
+                if error_marker is not None and buf.find(error_marker, start, end) >= 0:
+                    self.errors += 1
+                    if not self.first_error:
+                        self.first_error = bytes(buf[start:end])
                 if self.sample and self.on_payload is not None:
                     self.on_payload(self, bytes(buf[start:end]))
+                elif counter is not None:
+                    self.count += counter(buf, start, end)
                 elif marker is None:
                     self.count += 1
                 else:
@@ -99,6 +121,12 @@ class LightSSE(asyncio.Protocol):
             pos = end + 2
         if pos:
             del buf[:pos]
+        if self.on_progress is not None and self.count != before:
+            self.on_progress(self, before)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     async def send_frames(self, *frames: Any) -> int:
         """POST ``frames`` (JSON objects) in one request; returns the HTTP status."""

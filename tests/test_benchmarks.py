@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
 
 import rtkit
-from tests.conftest import eventually, scaled
+from tests.conftest import eventually, scaled, within
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -133,21 +134,30 @@ def test_client_smoke_run_prints_ratios_against_websockets() -> None:
 
 
 async def test_light_sse_subscriber_counts_a_channels_messages() -> None:
-    """benchmarks/lightsse.py, the SSE subscriber a fan-out run can open by the hundred."""
+    """benchmarks/lightsse.py, the SSE subscriber a fan-out run can open by the hundred: what
+    the load generator asks of a subscriber, counted as it counts rtkit frames."""
     sys.path.insert(0, str(BENCH))
     try:
+        from fanout_load import RtkitDialect, count_serials
         from lightsse import open_light_sse
     finally:
         sys.path.remove(str(BENCH))
+    progress: list[int] = []
     with rtkit.serve() as srv:
-        sub = await open_light_sse(srv.url, sample=False, count_marker=b'"serial":')
+        sub = await open_light_sse(srv.url, sample=False, count_marker=None,
+                                   counter=count_serials, error_marker=RtkitDialect.error,
+                                   on_progress=lambda s, before: progress.append(s.count))
         assert await sub.send_frames({"action": "connect", "ref": 0, "key": srv.root_key},
                                      {"action": "attach", "ref": 1, "channel": "bench"}) == 204
         await eventually(lambda: sub.frames >= 2)  # connected, attached
         sub.count = 0
         async with rtkit.Client(srv.url, key=srv.root_key) as pub:
-            for i in range(20):
-                await pub.channel("bench").publish("t", i)
-        await eventually(lambda: sub.count == 20)
-        assert sub.transport is not None
-        sub.transport.close()
+            await asyncio.gather(*(pub.channel("bench").publish("t", i) for i in range(50)))
+            await eventually(lambda: sub.count == 50)
+            assert sub.errors == 0 and progress[-1] == 50
+            assert await sub.send_frames({"action": "attach", "ref": 2, "channel": "no good"}) \
+                == 204
+            await eventually(lambda: sub.errors == 1)
+            assert b"40007" in sub.first_error
+        sub.close()
+        assert await within(sub.closed) is None
