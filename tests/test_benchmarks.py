@@ -79,3 +79,18 @@ def test_hostile_smoke_run_prints_quiet_and_attacked_latency() -> None:
     assert set(rows) == {"quiet", "surrogates", "rewind", "presence"}
     assert all(float(row[2]) > 0 and int(row[3]) > 0 for row in rows.values())
     assert "worst attacked p99" in result.stdout
+
+
+def test_client_smoke_run_prints_ratios_against_websockets() -> None:
+    result = subprocess.run([sys.executable, str(BENCH / "client.py"), "--quick"],
+                            capture_output=True, text=True, timeout=scaled(120))
+    assert result.returncode == 0, result.stderr
+    rows = {(line[:9].strip(), line[11:29].strip()): line[29:].split()
+            for line in result.stdout.splitlines() if line[:9].strip() in ("1", "10", "100")}
+    clients = ("plain, read only", "plain + json", "rtkit callback", "rtkit iterator")
+    assert set(rows) == {(n, c) for n in ("1", "10", "100") for c in clients}
+    assert all(float(r[0].replace(",", "")) > 0 for r in rows.values())
+    assert all(rows[(n, "plain + json")][3] == "1.00x" for n in ("1", "10", "100"))
+    lines = result.stdout.splitlines()
+    assert lines[-2].startswith("ratios to plain + json: 1/frame: callback=")
+    assert "100/frame: callback=" in lines[-2] and "iterator/callback=" in lines[-2]

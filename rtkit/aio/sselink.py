@@ -76,7 +76,7 @@ class SseLink:
     def __init__(
         self,
         url: str,
-        on_text: Callable[[str], None],
+        on_frames: Callable[[list[str | bytes]], None],
         on_lost: Callable[[RtkitError], None],
         max_size: int | None,
         ssl: ssl_module.SSLContext | None = None,
@@ -87,7 +87,7 @@ class SseLink:
         base = http_base(url)
         self._connect_url = base + "/v1/connect"
         self._send_path = (urlsplit(base).path or "") + "/v1/send"
-        self._on_text = on_text
+        self._on_frames = on_frames
         self._on_lost = on_lost
         self._ssl = ssl
         self._close_timeout = close_timeout
@@ -211,20 +211,25 @@ class SseLink:
         return self._lost or self._error is not None
 
     def _items(self, items: list[sse.Item], ready: asyncio.Future[None]) -> None:
+        """The events of one read: their frames go up together (as a WebSocket link hands
+        over the frames of a read), before anything that ends the link."""
+        received: list[str | bytes] = []
         for item in items:
-            if self._ended:
-                return
             if isinstance(item, sse.Event):
                 if item.event == "message":
-                    self._on_text(item.data)
+                    received.append(item.data)
                 elif item.event == "transport":
                     self._transport_event(item.data, ready)
                 elif item.event == "close":
                     self._close_event(item.data)
             elif isinstance(item, sse.Oversized):
                 # A frame was skipped: continuity cannot be kept on this link.
+                if received and not self._ended:
+                    self._on_frames(received)
                 self.abort(error(42902, f"an event of {item.size} bytes from the broker"))
                 return
+        if received and not self._ended:
+            self._on_frames(received)
 
     def _transport_event(self, data: str, ready: asyncio.Future[None]) -> None:
         try:
