@@ -56,6 +56,10 @@ def test_a_result_in_milliseconds_and_bytes_per_message() -> None:
     assert r.bytes_per_message == 200.0  # (40 + 760) / 4, both ways
     assert r.idle_bytes_per_second == 50.0
     assert math.isnan(result(idle_seconds=0).idle_bytes_per_second)
+    assert math.isnan(r.empty_poll_bytes)  # no polls: a push protocol
+    polled = ProtocolResult("HTTP polling", 4, (0.05,) * 4, Bytes(), Bytes(300, 500), 1.0,
+                            Bytes(600, 1400), idle_polls=4, stream_polls=5)
+    assert polled.empty_poll_bytes == 200.0 and polled.bytes_per_message == 500.0
     assert Bytes(10, 20) - Bytes(4, 5) == Bytes(6, 15) and Bytes(6, 15).total == 21
 
 

@@ -156,6 +156,7 @@ class MqttReceiver:
 
     def __init__(self, host: str, port: int, topic: str, qos: int) -> None:
         self.tally = Tally()
+        self.polls = 0
         self._where = (host, port)
         self._topic, self._qos = topic, qos
         self.client = MqttClient("compare-mqtt")

@@ -86,8 +86,11 @@ async def measure(server: Server, mqtt: MqttBroker | None = None, *, n: int = 60
                                     channel, qos)
         await asyncio.gather(*(r.open() for r in receivers.values()))
         connected = {name: _counted(relay) for name, relay in relays.items()}
+        polled = {name: r.polls for name, r in receivers.items()}
         await asyncio.sleep(idle)
         rested = {name: _counted(relay) for name, relay in relays.items()}
+        idle_polls = {name: r.polls - polled[name] for name, r in receivers.items()}
+        polled = {name: r.polls for name, r in receivers.items()}
         run = secrets.token_hex(4)
         for receiver in receivers.values():
             receiver.tally.arm(run, n)
@@ -96,7 +99,8 @@ async def measure(server: Server, mqtt: MqttBroker | None = None, *, n: int = 60
         results = tuple(ProtocolResult(
             protocol=name, sent=n, latencies=tuple(receivers[name].tally.latencies),
             connect=connected[name], idle=rested[name] - connected[name], idle_seconds=idle,
-            stream=ended[name] - rested[name]) for name in protocols)
+            stream=ended[name][0] - rested[name], idle_polls=idle_polls[name],
+            stream_polls=ended[name][1] - polled[name]) for name in protocols)
     return Comparison(results, sent=n, rate=rate, payload=payload, poll_every=poll_every)
 
 
@@ -138,17 +142,18 @@ async def _publishers(stack: contextlib.AsyncExitStack, server: Server,
 
 
 async def _stream(publish: Any, receivers: dict[str, Receiver], relays: dict[str, FaultProxy],
-                  run: str, n: int, rate: float, timeout: float) -> dict[str, Bytes]:
-    """Publish ``n`` messages on a fixed schedule; each protocol's bytes once its last
-    message arrived."""
-    ended: dict[str, Bytes] = {}
+                  run: str, n: int, rate: float, timeout: float
+                  ) -> dict[str, tuple[Bytes, int]]:
+    """Publish ``n`` messages on a fixed schedule; each protocol's bytes (and polls) once
+    its last message arrived."""
+    ended: dict[str, tuple[Bytes, int]] = {}
 
     async def finish(name: str) -> None:
         tally = receivers[name].tally
         await tally.done.wait()
         if tally.error is not None:
             raise RuntimeError(f"{name} stopped receiving: {tally.error!r}") from tally.error
-        ended[name] = await _quiet(relays[name])
+        ended[name] = (await _quiet(relays[name]), receivers[name].polls)
 
     waiters = [asyncio.create_task(finish(name)) for name in receivers]
     loop = asyncio.get_running_loop()

@@ -45,7 +45,8 @@ class ProtocolResult:
     ``latencies`` are seconds from publish to delivery, one per message received;
     ``connect`` the bytes it took to connect and subscribe; ``idle`` those sent during
     ``idle_seconds`` without messages; ``stream`` those of the ``sent`` messages published,
-    counted until the wire was quiet after the last one arrived.
+    counted until the wire was quiet after the last one arrived. ``idle_polls`` and
+    ``stream_polls`` count the requests of HTTP polling in those phases (0 for push).
     """
 
     protocol: str
@@ -55,6 +56,8 @@ class ProtocolResult:
     idle: Bytes
     idle_seconds: float
     stream: Bytes
+    idle_polls: int = 0
+    stream_polls: int = 0
 
     @property
     def received(self) -> int:
@@ -73,6 +76,12 @@ class ProtocolResult:
         """Bytes on the wire (both ways) per message published, headers, framing and
         keep-alives included."""
         return self.stream.total / self.sent
+
+    @property
+    def empty_poll_bytes(self) -> float:
+        """Bytes of one poll that found nothing new (a request and an empty answer),
+        measured while idle; NaN without polls."""
+        return self.idle.total / self.idle_polls if self.idle_polls else math.nan
 
     @property
     def idle_bytes_per_second(self) -> float:

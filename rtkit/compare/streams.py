@@ -53,9 +53,11 @@ class Tally:
 
 
 class Receiver(Protocol):
-    """One protocol's subscriber: ``open()`` connects and subscribes, ``close()`` ends it."""
+    """One protocol's subscriber: ``open()`` connects and subscribes, ``close()`` ends it;
+    ``polls`` counts its requests (a push subscriber makes none)."""
 
     tally: Tally
+    polls: int
 
     async def open(self) -> None: ...
 
@@ -67,6 +69,7 @@ class RtkitReceiver:
 
     def __init__(self, url: str, key: str, transport: str, channel: str) -> None:
         self.tally = Tally()
+        self.polls = 0
         self.client = Client(url, key=key, client_id=f"compare-{transport}",
                              transports=(transport,))
         self._channel = channel

@@ -42,6 +42,9 @@ async def test_four_protocols_on_one_stream(srv: rtkit.Server, mqtt: compare.Mqt
     # Idle: polling keeps asking (about 2-3 polls in 0.5 s); the others send nothing.
     assert poll.idle.up > 0 and poll.idle.down > 0
     assert sse.idle.total == ws.idle.total == mq.idle.total == 0
+    assert poll.idle_polls >= 1 and poll.stream_polls >= 1
+    assert 150 < poll.empty_poll_bytes < 1000  # a request and an empty page, with headers
+    assert all(r.idle_polls == r.stream_polls == 0 for r in (sse, ws, mq))
     # The relay counts what is on the wire, exactly: with QoS 1, one 4-byte PUBACK per
     # message goes up; down, each PUBLISH is 2 + (2 + topic) + 2 (packet id) + payload.
     assert mq.stream.up == 4 * n
