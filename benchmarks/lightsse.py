@@ -4,7 +4,16 @@ messages without decoding JSON (except on the few connections sampled for latenc
 
 Same interface as :class:`lightws.LightWS` for the fan-out benchmark: ``count``, ``frames``
 (protocol frames received), ``sample``, ``on_payload(sub, payload)``, ``on_count(sub)``,
-``transport``; plus :meth:`LightSSE.send_frames` for the POSTs.
+``transport``; plus :meth:`LightSSE.send_frames` for the POSTs. A fan-out subscriber::
+
+    sub = await open_light_sse(url, sample=False, count_marker=b'"serial":',
+                               on_payload=on_payload, on_count=on_count)
+    await sub.send_frames({"action": "connect", "ref": 0, "key": KEY},
+                          {"action": "attach", "ref": 1, "channel": "bench"})  # 204
+    # then, as for LightWS: wait for sub.frames >= 2 (connected, attached), sub.count = 0
+
+Its sampled payloads are the same ``message`` frames as over a WebSocket (``on_payload``
+needs no change); there is no ``send_json``/``send_text``.
 """
 
 from __future__ import annotations

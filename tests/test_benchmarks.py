@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import scaled
+import rtkit
+from tests.conftest import eventually, scaled
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -94,3 +95,24 @@ def test_client_smoke_run_prints_ratios_against_websockets() -> None:
     lines = result.stdout.splitlines()
     assert lines[-2].startswith("ratios to plain + json: 1/frame: callback=")
     assert "100/frame: callback=" in lines[-2] and "iterator/callback=" in lines[-2]
+
+
+async def test_light_sse_subscriber_counts_a_channels_messages() -> None:
+    """benchmarks/lightsse.py, the SSE subscriber a fan-out run can open by the hundred."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from lightsse import open_light_sse
+    finally:
+        sys.path.remove(str(BENCH))
+    with rtkit.serve() as srv:
+        sub = await open_light_sse(srv.url, sample=False, count_marker=b'"serial":')
+        assert await sub.send_frames({"action": "connect", "ref": 0, "key": srv.root_key},
+                                     {"action": "attach", "ref": 1, "channel": "bench"}) == 204
+        await eventually(lambda: sub.frames >= 2)  # connected, attached
+        sub.count = 0
+        async with rtkit.Client(srv.url, key=srv.root_key) as pub:
+            for i in range(20):
+                await pub.channel("bench").publish("t", i)
+        await eventually(lambda: sub.count == 20)
+        assert sub.transport is not None
+        sub.transport.close()

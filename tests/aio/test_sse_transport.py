@@ -15,6 +15,7 @@ import pytest
 import rtkit
 from rtkit import ConnectionState as S
 from rtkit.aio import http
+from rtkit.aio.sselink import SseLink
 from rtkit.core import sse
 from tests.aio.test_reconnect import FAST
 from tests.aio.test_renewal import token_maker
@@ -304,3 +305,22 @@ async def test_unknown_paths_and_methods(env: Any) -> None:
     assert status == 200 and json.loads(body)["status"] == "ok"
     assert time.monotonic() - start < scaled(1.0) and posts.connections == 1
     await posts.close()
+
+
+async def test_the_events_of_one_read_go_up_together() -> None:
+    """As a WebSocket link hands over the frames of a read, so does the SSE link (the
+    client decodes them in one pass, consecutive deliveries as one batch); frames before an
+    oversized event still go up, then the link ends."""
+    batches: list[list[str | bytes]] = []
+    lost: list[rtkit.RtkitError] = []
+    link = SseLink("ws://127.0.0.1:9", batches.append, lost.append, max_size=None)
+    link._opened = True
+    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    parser = sse.SSEParser(max_line=64, max_event=64)
+    link._items(parser.feed(b"id: 1\ndata: a\n\n: keep-alive\n\nid: 2\ndata: b\n\n"), ready)
+    assert batches == [["a", "b"]] and lost == []
+    link._items(parser.feed(b"id: 3\ndata: c\n\nid: 4\ndata: " + b"x" * 100 + b"\n\n"
+                            b"id: 5\ndata: d\n\n"), ready)
+    await asyncio.sleep(0)
+    assert batches == [["a", "b"], ["c"]]
+    assert [e.code for e in lost] == [42902]
