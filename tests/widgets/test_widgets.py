@@ -200,6 +200,13 @@ async def test_fault_panel_controls_the_proxy(srv: rtkit.Server) -> None:
             panel.heal()
             assert px.faults()["latency_ms"] == 0 and not px.faults()["block_websocket"]
             assert panel.latency.value == 0
+            px.block_websockets()  # in code: the toggle follows, and changes nothing
+            panel.refresh()
+            assert panel.block.value and px.faults()["block_websocket"]
+            assert "block" not in panel.status.value
+            px.block_websockets(False)
+            panel.refresh()
+            assert not panel.block.value and not px.faults()["block_websocket"]
             await within(c.wait_for_state(S.CONNECTED, timeout=5))
             panel.close()
 
