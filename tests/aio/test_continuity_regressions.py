@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +14,7 @@ import pytest
 import rtkit
 from rtkit import ConnectionState as S
 from rtkit.aio import link as link_module
+from tests.aio.clients import ClientFactory, client_factory
 from tests.aio.test_reconnect import FAST
 from tests.conftest import eventually, scaled, within
 
@@ -26,25 +27,9 @@ def env() -> Iterator[tuple[rtkit.Server, rtkit.chaos.FaultProxy]]:
 
 
 @pytest.fixture
-async def make(env: tuple[rtkit.Server, rtkit.chaos.FaultProxy]
-               ) -> AsyncIterator[Callable[..., Awaitable[rtkit.Client]]]:
-    srv, px = env
-    clients: list[rtkit.Client] = []
-
-    async def factory(connect: bool = True, direct: bool = False,
-                      **kwargs: Any) -> rtkit.Client:
-        opts = {**FAST, **kwargs}
-        if not {"key", "token", "auth_callback"} & opts.keys():
-            opts["key"] = srv.root_key
-        client = rtkit.Client(srv.url if direct else px.url, **opts)
-        clients.append(client)
-        if connect:
-            await within(client.connect())
-        return client
-
-    yield factory
-    for client in clients:
-        await client.close()
+async def make(env: tuple[rtkit.Server, rtkit.chaos.FaultProxy]) -> AsyncIterator[ClientFactory]:
+    async with client_factory(*env, FAST) as factory:
+        yield factory
 
 
 def token_service(srv: rtkit.Server, client_id: str, ttl: float,

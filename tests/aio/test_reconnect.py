@@ -6,13 +6,14 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 
 import rtkit
 from rtkit import ConnectionState as S
+from tests.aio.clients import ClientFactory, client_factory
 from tests.conftest import eventually, scaled, within
 
 FAST = {"backoff": rtkit.Backoff(base=0.05, cap=0.4), "connect_timeout": 1.0,
@@ -27,24 +28,9 @@ def env() -> Iterator[tuple[rtkit.Server, rtkit.chaos.FaultProxy]]:
 
 
 @pytest.fixture
-async def make(env: tuple[rtkit.Server, rtkit.chaos.FaultProxy]
-               ) -> AsyncIterator[Callable[..., Awaitable[rtkit.Client]]]:
-    srv, px = env
-    clients: list[rtkit.Client] = []
-
-    async def factory(connect: bool = True, **kwargs: Any) -> rtkit.Client:
-        opts = {**FAST, **kwargs}
-        if not {"key", "token", "auth_callback"} & opts.keys():
-            opts["key"] = srv.root_key
-        client = rtkit.Client(opts.pop("url", px.url), **opts)
-        clients.append(client)
-        if connect:
-            await within(client.connect())
-        return client
-
-    yield factory
-    for client in clients:
-        await client.close()
+async def make(env: tuple[rtkit.Server, rtkit.chaos.FaultProxy]) -> AsyncIterator[ClientFactory]:
+    async with client_factory(*env, FAST) as factory:
+        yield factory
 
 
 async def test_chaos_run_loses_nothing(env: Any, make: Any) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +17,7 @@ from rtkit import ConnectionState as S
 from rtkit.aio import http
 from rtkit.aio.sselink import SseLink
 from rtkit.core import sse
+from tests.aio.clients import ClientFactory, client_factory
 from tests.aio.test_reconnect import FAST
 from tests.aio.test_renewal import token_maker
 from tests.conftest import eventually, scaled, within
@@ -32,24 +33,9 @@ def env() -> Iterator[tuple[rtkit.Server, rtkit.chaos.FaultProxy]]:
 
 
 @pytest.fixture
-async def make(env: tuple[rtkit.Server, rtkit.chaos.FaultProxy]
-               ) -> AsyncIterator[Callable[..., Awaitable[rtkit.Client]]]:
-    srv, px = env
-    clients: list[rtkit.Client] = []
-
-    async def factory(connect: bool = True, **kwargs: Any) -> rtkit.Client:
-        opts = {**SSE, **kwargs}
-        if not {"key", "token", "auth_callback"} & opts.keys():
-            opts["key"] = srv.root_key
-        client = rtkit.Client(opts.pop("url", px.url), **opts)
-        clients.append(client)
-        if connect:
-            await within(client.connect())
-        return client
-
-    yield factory
-    for client in clients:
-        await client.close()
+async def make(env: tuple[rtkit.Server, rtkit.chaos.FaultProxy]) -> AsyncIterator[ClientFactory]:
+    async with client_factory(*env, SSE) as factory:
+        yield factory
 
 
 async def test_every_client_feature_over_sse(env: Any, make: Any) -> None:
