@@ -27,8 +27,10 @@ from collections.abc import Callable
 from typing import Any
 
 from rtkit.core import frames as fr
+from rtkit.core.backplane import NodeView
 from rtkit.core.channel_ops import ChannelOps
 from rtkit.core.channels import Channel, ChannelRegistry
+from rtkit.core.cluster_ops import ClusterOps
 from rtkit.core.config import PREAUTH_FRAMES, BrokerConfig
 from rtkit.core.gate import ConnectionGate
 from rtkit.core.intake import fast_publish
@@ -67,7 +69,10 @@ class BrokerCore:
         config: BrokerConfig,
         keys: KeyStore,
         bucket_factory: Callable[[], Any] | None = None,
+        node: NodeView | None = None,
     ) -> None:
+        """``node``: this broker is a node of a cluster sharing its channels through a
+        backplane (see ``rtkit.core.cluster_ops``); without it channels live here alone."""
         self.config = config
         self.keys = keys
         self.sessions: dict[str, Session] = {}
@@ -80,7 +85,12 @@ class BrokerCore:
             "protocol_errors": 0, "rate_limited": 0, "slow_consumers": 0, "resumed": 0,
             "resume_refused": 0, "replayed": 0, "continuity_lost": 0, "revoked": 0,
         }
-        self.ops = ChannelOps(config, self.registry, self.outbox, self.stats, self._refuse)
+        # Chosen once: the in-memory broker runs ChannelOps and pays nothing for a cluster.
+        self.ops: ChannelOps = (
+            ChannelOps(config, self.registry, self.outbox, self.stats, self._refuse)
+            if node is None else
+            ClusterOps(config, self.registry, self.outbox, self.stats, self._refuse, node,
+                       self.sessions, lambda s, err: self._fatal(s, err, None), self.wall))
         self._bucket_factory = bucket_factory or (
             lambda: TokenBucket(config.publish_rate, config.publish_burst)
         )
@@ -225,10 +235,7 @@ class BrokerCore:
         if isinstance(f, fr.Auth):
             return self._on_auth(s, f, now)
         if isinstance(f, fr.Close):
-            s.resumable = False
-            self.outbox.send(s, fr.Closed(ref=f.ref))
-            self.outbox.disconnect(s, 1000, "closed by client")
-            return None
+            return ops.close(s, f.ref)
         raise ProtocolError(code=40002)  # pragma: no cover - table and dispatch agree
 
     # ---------------------------------------------------------------- connect and auth
@@ -394,9 +401,9 @@ class BrokerCore:
         return self.ops.streamer.pump(s, budget)
 
     def _fatal(self, s: Session, err: RtkitError, ref: fr.Ref | None) -> None:
-        # An expired token or a slow reader may come back and resume; refused credentials
-        # or a protocol abuser may not.
-        s.resumable = err.code in (40140, 42903)
+        # An expired token, a slow reader or a channel whose shared history was lost (50002)
+        # may come back and resume; refused credentials or a protocol abuser may not.
+        s.resumable = err.code in (40140, 42903, 50002)
         self.outbox.send(s, fr.Error(ref=ref, error=err, fatal=True))
         self.outbox.disconnect(s, close_code_for(err), f"{err.code} {err.message}"[:120])
         self.session_lost(s, self.now)

@@ -58,6 +58,8 @@ class Session:
     early_frames: int = 0
     next_heartbeat: float = 0.0
     published: int = 0
+    #: Publishes handed to a backplane and not answered yet.
+    inflight: int = 0
     #: False once the session ended on purpose (close, fatal error): nothing to resume.
     resumable: bool = True
     #: Channels where this session is present (None until it first enters).
