@@ -15,7 +15,7 @@ import hashlib
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 try:  # websockets' C helper: unmasking at memcpy speed
     from websockets.speedups import apply_mask as _c_apply_mask
@@ -107,8 +107,7 @@ def parse_close(payload: bytes) -> tuple[int, str]:
         raise FrameError(INVALID_DATA, "close reason is not UTF-8") from None
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     """A whole message (``opcode`` TEXT or BINARY) or a control frame. ``data`` is ``str``
     for a text message read by a reader made with ``decode_text``, else ``bytes``."""
 
@@ -173,14 +172,19 @@ class FrameReader:
             total = head + (4 if masked else 0) + length
             if end - pos < total:
                 break
-            start = pos + head
+            start, pos = pos + head, pos + total
             if masked:
-                key = bytes(buf[start:start + 4])
-                payload = unmask(bytes(buf[start + 4:pos + total]), key)
+                payload = bytes(_apply_mask(buf[start + 4:pos], buf[start:start + 4]))
             else:
-                payload = bytes(buf[start:pos + total])
-            pos += total
-            self._take(opcode, bool(fin), payload, out)
+                payload = bytes(buf[start:pos])
+            if opcode == OP_TEXT and fin and not self._frag_op:  # the usual case, inline
+                try:
+                    text = payload.decode()
+                except UnicodeDecodeError:
+                    raise FrameError(INVALID_DATA, "text frame is not valid UTF-8") from None
+                out.append(Message(OP_TEXT, text if self.decode_text else payload))
+            else:
+                self._take(opcode, bool(fin), payload, out)
         if pos:
             del buf[:pos]
         return out
