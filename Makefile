@@ -11,7 +11,7 @@ PORT ?= 8888
 LAB_DIR ?= my-notebooks
 PYTEST_ARGS ?=
 
-.PHONY: lab test lint typecheck bench browser clean
+.PHONY: lab test lint typecheck bench browser redis clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -37,7 +37,11 @@ typecheck: $(STAMP)
 browser:
 	@bash scripts/ensure-chromium.sh
 
-test: $(STAMP) browser lint typecheck
+# The backplane tests start their own Redis (Debian's redis-server) on a free loopback port.
+redis:
+	@bash scripts/ensure-redis.sh
+
+test: $(STAMP) browser redis lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
