@@ -33,6 +33,10 @@ __all__ = ["RedisServer", "RedisUnavailable", "redis_available", "redis_server"]
 class RedisUnavailable(RuntimeError):
     """No ``redis-server`` program, or it would not start."""
 
+    def _render_traceback_(self) -> list[str]:
+        # In a notebook: the reason and what to do, not a traceback.
+        return [f"rtkit.cluster.RedisUnavailable: {self}"]
+
 
 def redis_available() -> bool:
     """Whether the ``redis-server`` program is installed (on the PATH)."""

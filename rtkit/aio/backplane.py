@@ -478,6 +478,7 @@ class RedisBackplane:
             "url": self.broker.url, "connections": len(self.broker.core.sessions),
             "published": stats["published"], "received": stats.get("backplane_received", 0),
             "delivered_frames": stats["delivered_frames"], "started": self.started,
+            "backplane_batches": self.stats["backplane_batches"],
         })
 
     async def _heartbeat(self, remove: bool = False) -> None:
