@@ -67,14 +67,16 @@ class Server:
         )
 
     def create_key(self, capabilities: CapabilityMap, key_id: str | None = None) -> str:
-        """A new API key limited to ``capabilities`` (its tokens are limited to them too)."""
+        """A new API key limited to ``capabilities`` (its tokens are limited to them too).
+        In a cluster every node accepts it (it is stored in the backplane)."""
         key = ApiKey.generate(key_id, Capability.of(capabilities))
-        self._runner.call(lambda: self._broker.keys.add(key))
+        self._runner.call(lambda: self._broker.add_key(key))
         return key.value
 
     def revoke_key(self, key_id: str) -> int:
         """Refuse the key and every token it signed from now on, and end the live connections
-        that use them (error 40108). Returns how many connections were ended."""
+        that use them (error 40108). Returns how many connections were ended here (in a
+        cluster every node does the same with its own)."""
         return self._runner.call(lambda: self._broker.revoke_key(key_id))
 
     def expire_tokens(self, client_id: str | None = None) -> int:

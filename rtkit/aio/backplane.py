@@ -41,6 +41,7 @@ from redis.exceptions import NoScriptError, RedisError
 from rtkit.aio import redis_scripts as rs
 from rtkit.core import backplane as bp
 from rtkit.core.cluster_ops import ClusterOps
+from rtkit.core.tokens import ApiKey, Capability
 
 if TYPE_CHECKING:
     from rtkit.aio.broker import Broker
@@ -114,6 +115,8 @@ class RedisBackplane:
             await asyncio.wait_for(self.redis.ping(), 5.0)
             await self._load_scripts()
             self._sub = await self._open_feed()
+            await self._sub.send_command("SUBSCRIBE", rs.control_channel(self.db))
+            await self._load_keys()
             await self._heartbeat()
         except _ERRORS as exc:
             await self._close_redis()
@@ -248,10 +251,14 @@ class RedisBackplane:
     async def _write(self, batch: list[bp.Publish | bp.PresenceWrite | bp.Rebase]) -> None:
         assert self.redis is not None
         results: list[Any]
+        candidate = self._candidate()  # (one per batch: a lost channel gets a new epoch)
+        settings = [rs.publish_settings(candidate, dedup, self.retention_ms, self.window_ms,
+                                        self.budget, self.meta_ttl_ms)
+                    for dedup in (False, True)]
         for attempt in (1, 2):
             pipe = self.redis.pipeline(transaction=False)
             for effect in batch:
-                self._queue_write(pipe, effect)
+                self._queue_write(pipe, effect, settings)
             try:
                 results = await pipe.execute(raise_on_error=False)
             except _ERRORS as exc:
@@ -275,16 +282,15 @@ class RedisBackplane:
                 ops.published(effect.token, int(serial), int(timestamp), result[2] == 1)
         self._flush()
 
-    def _queue_write(self, pipe: Any, effect: bp.Publish | bp.PresenceWrite | bp.Rebase
-                     ) -> None:
+    def _queue_write(self, pipe: Any, effect: bp.Publish | bp.PresenceWrite | bp.Rebase,
+                     settings: list[str]) -> None:
         if type(effect) is bp.Publish:
             name = effect.channel
             dedup = effect.dedup_key
-            keys = [rs.meta_key(name), rs.stream_key(name),
-                    rs.dedup_key(name, dedup) if dedup is not None else rs.meta_key(name)]
-            pipe.evalsha(self._sha["publish"], 3, *keys, self._candidate(), effect.head,
-                         effect.tail, "0" if dedup is None else "1", self.retention_ms,
-                         self.window_ms, self.budget, self.meta_ttl_ms,
+            meta = rs.meta_key(name)
+            pipe.evalsha(self._sha["publish"], 3, meta, rs.stream_key(name),
+                         meta if dedup is None else rs.dedup_key(name, dedup), effect.head,
+                         effect.tail, settings[dedup is not None],
                          rs.pubsub_channel(self.db, name))
         elif type(effect) is bp.PresenceWrite:
             name = effect.channel
@@ -401,9 +407,10 @@ class RedisBackplane:
                     conn = self._sub = await self._open_feed()
                     self.stats["backplane_reconnects"] += 1
                     names = list(self.following)
-                    if names:
-                        await conn.send_command(
-                            "SUBSCRIBE", *(rs.pubsub_channel(self.db, n) for n in names))
+                    await conn.send_command(
+                        "SUBSCRIBE", rs.control_channel(self.db),
+                        *(rs.pubsub_channel(self.db, n) for n in names))
+                    self._spawn(self._load_keys())  # (changes missed while away)
                     self.connected = True
                     delay = 0.05
                     log.info("live feed connected again; %d channel(s)", len(names))
@@ -430,6 +437,9 @@ class RedisBackplane:
     def _on_feed(self, msg: Any, cut: int) -> None:
         kind = msg[0]
         if kind == b"message":
+            if msg[1] == self._control_name:
+                self._on_control(msg[2].decode())
+                return
             name = msg[1][cut:].decode()
             text = msg[2].decode()
             if text[0] == "m":
@@ -441,12 +451,68 @@ class RedisBackplane:
                 self.ops.presence_event(name, node, event)
             self._flush()
         elif kind == b"subscribe":
+            if msg[1] == self._control_name:
+                return
             name = msg[1][cut:].decode()
             gen = self.following.get(name)
             if gen is not None:
                 self._spawn(self._follow(name, gen))
         elif kind == b"pong" or msg == b"PONG":
             self._pong = time.monotonic()
+
+    # ---------------------------------------------------------------- shared keys
+
+    @property
+    def _control_name(self) -> bytes:
+        return rs.control_channel(self.db).encode()
+
+    async def _load_keys(self) -> None:
+        """Every key made on a node, and every revocation, as Redis has them."""
+        assert self.redis is not None
+        keys = await self.redis.hgetall(rs.KEYS)
+        revoked = await self.redis.smembers(rs.REVOKED)
+        for raw in keys.values():
+            self._add_key(_text(raw))
+        for key_id in revoked:
+            self.broker.apply_revocation(_text(key_id))
+
+    def _add_key(self, text: str) -> None:
+        try:
+            obj = json.loads(text)
+            key = ApiKey.parse(obj["value"], Capability.of(obj["capability"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignored a malformed shared key: %s", exc)
+            return
+        if key.key_id not in self.broker.keys.revoked:
+            self.broker.keys.add(key)
+
+    def _on_control(self, text: str) -> None:
+        kind, _, rest = text.partition(" ")
+        if kind == "k":
+            self._add_key(rest)
+        elif kind == "r":
+            self.broker.apply_revocation(rest)
+            self._flush()
+
+    def share_key(self, key: ApiKey) -> None:
+        """Make ``key`` known to every node (now and those started later)."""
+        text = json.dumps({"value": key.value, "capability": {
+            pattern: list(ops) for pattern, ops in key.capability.rules.items()}})
+        self._spawn(self._publish_control(
+            lambda r: r.hset(rs.KEYS, key.key_id, text), f"k {text}"))
+
+    def share_revocation(self, key_id: str) -> None:
+        """Revoke ``key_id`` on every node (its live connections end there too)."""
+        self._spawn(self._publish_control(lambda r: r.sadd(rs.REVOKED, key_id), f"r {key_id}"))
+
+    async def _publish_control(self, store: Any, message: str) -> None:
+        assert self.redis is not None
+        try:
+            await store(self.redis)
+            await self.redis.publish(rs.control_channel(self.db), message)
+        except _ERRORS as exc:
+            self.stats["backplane_errors"] += 1
+            log.warning("could not share a key change with the other nodes: %s", exc)
 
     # ---------------------------------------------------------------- the node's record
 
@@ -536,6 +602,10 @@ class RedisBackplane:
             "node_timeout": self.node_timeout, "following": len(self.following),
             "nodes": nodes, **self.stats, **self.view.stats,
         }
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _reason(exc: BaseException) -> str:

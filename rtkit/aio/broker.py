@@ -304,8 +304,22 @@ class Broker:
                 conn.flush_out()
                 conn.send_control(_PING)
 
+    def add_key(self, key: ApiKey) -> None:
+        """Accept ``key`` (and the tokens it signs); in a cluster, on every node."""
+        self.keys.add(key)
+        if self.backplane is not None:
+            self.backplane.share_key(key)
+
     def revoke_key(self, key_id: str) -> int:
-        """Refuse ``key_id`` and its tokens from now on and end their live sessions (40108)."""
+        """Refuse ``key_id`` and its tokens from now on and end their live sessions (40108);
+        in a cluster, on every node. Returns how many sessions ended here."""
+        hit = self.apply_revocation(key_id)
+        if self.backplane is not None:
+            self.backplane.share_revocation(key_id)
+        return hit
+
+    def apply_revocation(self, key_id: str) -> int:
+        """Revoke ``key_id`` here (a revocation made on this node or heard from another)."""
         hit = self.core.revoke_key(key_id, time.monotonic())
         self._flush()
         return hit

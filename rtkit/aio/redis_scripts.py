@@ -13,8 +13,9 @@ touch keys of more than one slot) holds, per channel, with ``P`` the prefix ``rt
   ``presence_event`` item;
 
 and for the nodes: ``P nodes`` (a sorted set: node -> last refresh, ms), ``P nodeinfo``
-(node -> JSON: url, connections, counters) and ``P np:<node>`` (the channels where the node
-has members). Live messages go to PUB/SUB channel ``P <db>:p:<channel>`` (PUB/SUB ignores the
+(node -> JSON: url, connections, counters), ``P np:<node>`` (the channels where the node
+has members), ``P keys`` and ``P revoked`` (API keys made on a node, and revocations: every
+node verifies the same keys). Live messages go to PUB/SUB channel ``P <db>:p:<channel>`` (PUB/SUB ignores the
 database number, so it is part of the name): ``m <epoch> <serial> <ms> <json>`` for a
 message, ``p <node> <json>`` for a presence change.
 
@@ -50,19 +51,22 @@ local function now_ms()
 end
 """
 
-#: KEYS: meta, stream, dedup. ARGV: candidate epoch, head, tail, has dedup ('1'/'0'),
-#: retention ms, dedup window ms, channel budget bytes, meta ttl ms, pubsub channel.
+#: KEYS: meta, stream, dedup. ARGV: head, tail, settings (:func:`publish_settings`: one
+#: argument, fewer to encode per publish), pubsub channel.
 #: Returns {epoch, 'serial:timestamp', duplicate (1/0)}.
 PUBLISH = _ENSURE + f"""
 local meta, stream, dedup = KEYS[1], KEYS[2], KEYS[3]
-local epoch = ensure(meta, stream, ARGV[1])
-if ARGV[4] == '1' then
+local candidate, has_dedup, retention, window, budget, meta_ttl =
+  string.match(ARGV[3], '^(%S+) (%d) (%d+) (%d+) (%d+) (%d+)$')
+retention, budget = tonumber(retention), tonumber(budget)
+local epoch = ensure(meta, stream, candidate)
+if has_dedup == '1' then
   local seen = redis.call('GET', dedup)
   if seen then return {{epoch, seen, 1}} end
 end
 local now = now_ms()
 local serial = redis.call('HINCRBY', meta, 'serial', 1)
-local text = ARGV[2] .. serial .. ',"timestamp":' .. now .. ARGV[3]
+local text = ARGV[1] .. serial .. ',"timestamp":' .. now .. ARGV[2]
 local newest = serial .. '-0'
 redis.call('XADD', stream, newest, 't', now, 'm', text)
 local bytes = redis.call('HINCRBY', meta, 'bytes', #text + {ENTRY_OVERHEAD})
@@ -71,7 +75,6 @@ if first_ts == 0 then
   first_ts = now
   redis.call('HSET', meta, 'first_ts', now)
 end
-local retention, budget = tonumber(ARGV[5]), tonumber(ARGV[7])
 -- The continuity window: drop the oldest messages past the retention time or over the
 -- channel's budget in bytes (never the one just added).
 if now - first_ts > retention or bytes > budget then
@@ -92,12 +95,12 @@ if now - first_ts > retention or bytes > budget then
   if keep then redis.call('XTRIM', stream, 'MINID', keep) end
   redis.call('HSET', meta, 'bytes', bytes, 'first_ts', first_ts)
 end
-if ARGV[4] == '1' then
-  redis.call('SET', dedup, serial .. ':' .. now, 'PX', ARGV[6])
+if has_dedup == '1' then
+  redis.call('SET', dedup, serial .. ':' .. now, 'PX', window)
 end
 redis.call('PEXPIRE', stream, retention)
-redis.call('PEXPIRE', meta, ARGV[8])
-redis.call('PUBLISH', ARGV[9], 'm ' .. epoch .. ' ' .. serial .. ' ' .. now .. ' ' .. text)
+redis.call('PEXPIRE', meta, meta_ttl)
+redis.call('PUBLISH', ARGV[4], 'm ' .. epoch .. ' ' .. serial .. ' ' .. now .. ' ' .. text)
 return {{epoch, serial .. ':' .. now, 0}}
 """
 
@@ -211,6 +214,14 @@ return out
 """
 
 
+def publish_settings(candidate: str, dedup: bool, retention_ms: int, window_ms: int,
+                     budget: int, meta_ttl_ms: int) -> str:
+    """The settings argument of :data:`PUBLISH`: the epoch to give a channel that has none,
+    whether to de-duplicate, the retention, the dedup window and the meta key's TTL (ms),
+    the channel's budget (bytes)."""
+    return f"{candidate} {int(dedup)} {retention_ms} {window_ms} {budget} {meta_ttl_ms}"
+
+
 def meta_key(channel: str) -> str:
     return f"{PREFIX}m:{channel}"
 
@@ -233,6 +244,16 @@ def node_channels_key(node: str) -> str:
 
 NODES = f"{PREFIX}nodes"
 NODE_INFO = f"{PREFIX}nodeinfo"
+#: API keys made on a node (``server.create_key``): key id -> JSON {value, capability}, and
+#: the ids of revoked keys. Every node loads them at start and hears of changes on the
+#: control channel (:func:`control_channel`).
+KEYS = f"{PREFIX}keys"
+REVOKED = f"{PREFIX}revoked"
+
+
+def control_channel(db: int) -> str:
+    """PUB/SUB channel of key changes: ``k <json>`` (a key made), ``r <key id>`` (revoked)."""
+    return f"{PREFIX}{db}:ctl"
 
 
 def pubsub_channel(db: int, channel: str) -> str:

@@ -65,7 +65,7 @@ class ClusterView(LiveWidget):
         self.figure = bq.Figure(
             marks=[self.bars], animation_duration=0, title="your clients, by node",
             axes=[bq.Axis(scale=self.x_scale, label="node"),
-                  bq.Axis(scale=self.y_scale, orientation="vertical", label="clients",
+                  bq.Axis(scale=self.y_scale, side="left", label="clients",
                           tick_format="d")],
             layout={"height": "220px", "width": "100%"})
         self.rows: list[dict[str, Any]] = []

@@ -238,3 +238,43 @@ def test_rtkit_serve_joins_a_cluster_from_the_command_line(redis_url: str) -> No
                           "--backplane", "redis://127.0.0.1:1/0"],
                          capture_output=True, text=True, env=env, timeout=30)
     assert bad.returncode == 1 and "cannot use the backplane" in bad.stderr
+
+
+async def test_keys_made_and_revoked_on_one_node_hold_on_every_node(
+        nodes: list[rtkit.Server], redis_url: str) -> None:
+    a, b, c = nodes
+    key = a.create_key({"news:*": ["subscribe", "publish"]})
+    key_id = key.partition(":")[0]
+    user = rtkit.Client(b.url, key=key, client_id="user")  # made on a, used on b
+
+    async def connected() -> bool:
+        try:
+            await within(user.connect())
+        except rtkit.AuthError:
+            return False
+        return True
+
+    deadline = time.monotonic() + scaled(5)
+    while not await connected():  # the key reaches b through the backplane
+        assert time.monotonic() < deadline, "node b never learnt the key made on node a"
+        user = rtkit.Client(b.url, key=key, client_id="user")
+        await asyncio.sleep(0.05)
+    try:
+        await within(user.channel("news:today").publish("n", 1))
+        with pytest.raises(rtkit.CapabilityError):
+            await within(user.channel("other").publish("n", 1))
+        errors: list[rtkit.RtkitError] = []
+        user.on_error(errors.append)
+        assert c.revoke_key(key_id) == 0  # revoked on c: the connection on b ends too
+        await eventually(lambda: user.state is rtkit.ConnectionState.FAILED, timeout=5,
+                         what="the revoked key's connection to end")
+        assert any(e.code == 40108 for e in errors)
+        late = rtkit.serve(backplane=redis_url, root_key=KEY, **FAST)  # started afterwards
+        nodes.append(late)
+        refused = rtkit.Client(late.url, key=key)
+        with pytest.raises(rtkit.AuthError) as info:
+            await within(refused.connect())
+        assert info.value.code == 40108
+        await refused.close()
+    finally:
+        await user.close()
