@@ -15,9 +15,9 @@ touch keys of more than one slot) holds, per channel, with ``P`` the prefix ``rt
 and for the nodes: ``P nodes`` (a sorted set: node -> last refresh, ms), ``P nodeinfo``
 (node -> JSON: url, connections, counters), ``P np:<node>`` (the channels where the node
 has members), ``P keys`` and ``P revoked`` (API keys made on a node, and revocations: every
-node verifies the same keys). Live messages go to PUB/SUB channel ``P <db>:p:<channel>`` (PUB/SUB ignores the
-database number, so it is part of the name): ``m <epoch> <serial> <ms> <json>`` for a
-message, ``p <node> <json>`` for a presence change.
+node verifies the same keys). Live messages go to PUB/SUB channel ``P <db>:p:<channel>``
+(PUB/SUB ignores the database number, so it is part of the name):
+``m <epoch> <serial> <ms> <json>`` for a message, ``p <node> <json>`` for a presence change.
 
 Serials are assigned here and only here (:data:`PUBLISH`: ``HINCRBY`` on the channel's hash
 in the same script that stores, de-duplicates and publishes the message), so every node sees
