@@ -107,9 +107,11 @@ class RedisBackplane:
     async def start(self) -> None:
         """Connect, load the scripts, register this node and start following."""
         # RESP2: PUB/SUB messages are plain replies on the live feed's connection.
+        # (A command that gets no answer for 10 s fails: a hung Redis refuses publishes
+        # instead of holding them; the live feed reads without a timeout, see _read_feed.)
         self.redis = aioredis.Redis.from_url(
             self.url, decode_responses=False, socket_connect_timeout=5.0,
-            max_connections=16, health_check_interval=0, protocol=2)
+            socket_timeout=10.0, max_connections=16, health_check_interval=0, protocol=2)
         self.db = int(self.redis.connection_pool.connection_kwargs.get("db", 0) or 0)
         try:
             await asyncio.wait_for(self.redis.ping(), 5.0)
