@@ -90,7 +90,14 @@ class Server:
         """Live counters from the broker thread, and under ``"resources"`` each bounded
         resource as ``{"used": ..., "limit": ...}``: connections (total and per address),
         channels (total and created per client), stored history bytes (broker and largest
-        channel), presence memberships, resumable connections, outbound buffer bytes."""
+        channel), presence memberships, resumable connections, outbound buffer bytes.
+
+        A node of a cluster adds ``"nodes"``: every node the backplane knows, each with its
+        ``node`` id, ``url``, ``connections``, ``published`` and ``received`` counters and
+        ``publish_rate``/``receive_rate`` (messages a second), and ``"cluster"``: the same
+        list with this node's id, the backplane's URL (no password), whether it is connected,
+        ``node_timeout``, the channels it follows and its counters (gaps repaired,
+        duplicates dropped, messages skipped, epochs, rebases, reconnects, errors)."""
         return self._runner.call(self._broker.stats)
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -135,7 +135,8 @@ class RedisBackplane:
         if self.redis is None:
             return
         self._stopping = True
-        deadline = time.monotonic() + 2.0
+        # (Redis unreachable: nothing to wait for, the node must not hang on its way out.)
+        deadline = time.monotonic() + (2.0 if self.connected else 0.0)
         while (self._writes or self._tasks) and time.monotonic() < deadline:
             self._write_wanted.set()
             await asyncio.sleep(0.01)
@@ -414,6 +415,7 @@ class RedisBackplane:
                         *(rs.pubsub_channel(self.db, n) for n in names))
                     self._spawn(self._load_keys())  # (changes missed while away)
                     self.connected = True
+                    self._pong = time.monotonic()
                     delay = 0.05
                     log.info("live feed connected again; %d channel(s)", len(names))
                 n = 0

@@ -353,7 +353,8 @@ class Broker:
             "resources": resources,
         }
         if self.backplane is not None:
-            out["cluster"] = self.backplane.describe()
+            out["cluster"] = cluster = self.backplane.describe()
+            out["nodes"] = cluster["nodes"]  # (the cluster's nodes, at the top too)
         return out
 
 

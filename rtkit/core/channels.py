@@ -99,12 +99,14 @@ class Channel:
         self.members[key] = member
         return "update" if existed else "enter"
 
-    def is_idle(self, keep_stored: bool = True) -> bool:
-        """No subscribers, members, replays or stored messages (unless ``keep_stored`` is
-        False: the stored messages are a copy kept elsewhere too): safe to forget."""
-        return (not self.subscribers and not self.members and not self.attaching
-                and not self.pending and not self.pending_events
-                and (not keep_stored or (not self.store.records and not self.store.ids)))
+    def is_idle(self, shared: bool = False) -> bool:
+        """No subscribers, members, replays or stored messages: safe to forget. ``shared``
+        (with a backplane): the stored messages and the members are copies of what the
+        backplane keeps (the registry asks separately about this node's own members)."""
+        return (not self.subscribers and not self.attaching and not self.pending
+                and not self.pending_events
+                and (shared or (not self.members and not self.store.records
+                                and not self.store.ids)))
 
 
 class ChannelRegistry:
@@ -125,10 +127,12 @@ class ChannelRegistry:
         # used again continues its numbering and resuming clients see no false loss.
         self.tombstones: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._rotation: deque[Channel] = deque()
-        #: With a backplane: stored messages are a copy (the backplane keeps the channel's
-        #: history and numbering), so they keep no channel alive, and ``on_reclaim`` is
-        #: told of every channel forgotten.
+        #: With a backplane: stored messages and members are copies (the backplane keeps
+        #: the channel's history, numbering and members), so only this node's own members
+        #: (``own_members``) keep a channel alive, and ``on_reclaim`` is told of every
+        #: channel forgotten.
         self.shared = False
+        self.own_members: Callable[[Channel], bool] | None = None
         self.on_reclaim: Callable[[Channel], None] | None = None
 
     def __len__(self) -> int:
@@ -162,7 +166,9 @@ class ChannelRegistry:
 
     def reclaim_if_idle(self, ch: Channel) -> bool:
         """Forget ``ch`` if nothing uses it any more; returns whether it was forgotten."""
-        if ch.dead or not ch.is_idle(not self.shared) or self.channels.get(ch.name) is not ch:
+        if ch.dead or not ch.is_idle(self.shared) or self.channels.get(ch.name) is not ch:
+            return False
+        if self.own_members is not None and self.own_members(ch):
             return False
         ch.dead = True
         del self.channels[ch.name]

@@ -75,6 +75,7 @@ class ClusterOps(ChannelOps):
         #: Sessions whose ``close`` waits for their publishes to be answered.
         self.closing: dict[Session, Deferred] = {}
         registry.shared = True
+        registry.own_members = self._own_members
         registry.on_reclaim = self._reclaimed
         for name in ("backplane_received", "backplane_publish_failed"):
             stats.setdefault(name, 0)
@@ -330,6 +331,15 @@ class ClusterOps(ChannelOps):
 
     def _reclaimed(self, ch: Channel) -> None:
         self.view.unfollow(ch.name)
+
+    def _own_members(self, ch: Channel) -> bool:
+        """Whether a session of this node is present on ``ch`` (other nodes' members are
+        copies: they keep no channel followed)."""
+        feed = self.view.feeds.get(ch.name)
+        if feed is None:
+            return bool(ch.members)
+        me = self.view.node_id
+        return any(node == me for node in feed.member_nodes.values())
 
     # ---------------------------------------------------------------- the node's copy
 

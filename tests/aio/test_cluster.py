@@ -72,9 +72,13 @@ async def test_nodes_share_channels_history_presence_and_publish_ids(
         members = await within(watcher.channel("x").presence.get())
         assert [m.client_id for m in members] == ["sub"]
         await eventually(lambda: len(a.stats()["cluster"]["nodes"]) == 3, what="3 nodes")
-        stats = a.stats()["cluster"]
+        top = a.stats()
+        stats = top["cluster"]
         assert stats["node"] == a.node_id
         assert {n["url"] for n in stats["nodes"]} == {a.url, b.url, c.url}
+        assert top["nodes"] == stats["nodes"]  # also at the top
+        assert all({"connections", "publish_rate", "receive_rate"} <= n.keys()
+                   for n in stats["nodes"])
         assert stats["connected"] and stats["backplane_gaps"] == 0
     finally:
         for cl in clients:

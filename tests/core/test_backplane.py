@@ -499,3 +499,19 @@ def test_random_faults_lose_duplicate_or_reorder_nothing(seed: int) -> None:
     for sub in subs:
         sub[2] += messages(sub[0].take(sub[1]))
         assert sub[2] == list(range(1, total + 1))
+
+
+def test_only_this_node_s_own_members_keep_a_channel_followed() -> None:
+    b, (a, c) = cluster(2)
+    ana = a.connect("ana")
+    a.send(ana, {"action": "presence", "ref": 1, "channel": "x", "op": "enter"})
+    b.settle()
+    looker = c.connect("looker")
+    c.send(looker, {"action": "presence", "ref": 2, "channel": "x", "op": "get"})
+    b.settle()
+    assert [m["client_id"] for m in c.take(looker)[0]["members"]] == ["ana"]
+    c.h.tick(1.0)  # the sweep: c has no subscriber or member of its own on x
+    b.settle()
+    assert "x" not in c.following and "x" not in c.h.core.channels
+    a.h.tick(1.0)
+    assert "x" in a.following  # ana, a's own member, keeps it there
