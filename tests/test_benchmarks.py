@@ -96,3 +96,18 @@ def test_cluster_smoke_run_compares_nodes_with_the_in_memory_broker(
     assert [r[1:3] for r in rows] == [["in", "memory"], ["2", "redis"]]
     assert all(float(r[4].replace(",", "")) > 0 for r in rows)
     assert "us per script" in result.stdout and "Bound:" in result.stdout
+
+
+def test_client_smoke_run_prints_ratios_against_websockets() -> None:
+    result = subprocess.run([sys.executable, str(BENCH / "client.py"), "--quick"],
+                            capture_output=True, text=True, timeout=scaled(120))
+    assert result.returncode == 0, result.stderr
+    rows = {(line[:9].strip(), line[11:29].strip()): line[29:].split()
+            for line in result.stdout.splitlines() if line[:9].strip() in ("1", "10", "100")}
+    clients = ("plain, read only", "plain + json", "rtkit callback", "rtkit iterator")
+    assert set(rows) == {(n, c) for n in ("1", "10", "100") for c in clients}
+    assert all(float(r[0].replace(",", "")) > 0 for r in rows.values())
+    assert all(rows[(n, "plain + json")][3] == "1.00x" for n in ("1", "10", "100"))
+    lines = result.stdout.splitlines()
+    assert lines[-2].startswith("ratios to plain + json: 1/frame: callback=")
+    assert "100/frame: callback=" in lines[-2] and "iterator/callback=" in lines[-2]

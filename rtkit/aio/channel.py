@@ -7,7 +7,7 @@ The protocol state of a channel lives in the client core
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rtkit.aio.subscription import MessageCallback, Presence, PublishResult, Subscription
@@ -187,7 +187,7 @@ class Channel:
 
     # ---------------------------------------------------------------- events (client calls)
 
-    def _deliver(self, messages: tuple[Message, ...], subs: tuple[int, ...]) -> None:
+    def _deliver(self, messages: Sequence[Message], subs: tuple[int, ...]) -> None:
         for sub_id in subs:
             sub = self._subs.get(sub_id)
             if sub is not None:

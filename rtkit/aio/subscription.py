@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rtkit.core.client_events import PublishResult
@@ -57,27 +57,39 @@ class Subscription:
     def active(self) -> bool:
         return not self._closed
 
-    def _push_all(self, messages: Iterable[Message]) -> None:
+    def _push_all(self, messages: Sequence[Message]) -> None:
+        """Messages for this subscription, in order (a batch: one frame or several)."""
         if self._closed:
             return
         event = self.event
+        if event is not None:
+            messages = [msg for msg in messages if msg.name == event]
         callback = None if self._is_async else self.callback
-        for msg in messages:
-            if event is not None and msg.name != event:
-                continue
-            self.delivered += 1
-            if callback is not None:
+        if callback is not None:
+            done = 0
+            for msg in messages:
+                if self._closed:  # the callback unsubscribed: not one message more
+                    break
+                done += 1
                 try:
                     callback(msg)
                 except Exception:
                     log.exception("subscriber callback failed on %s #%d", msg.channel,
                                   msg.serial)
-                continue
-            if len(self._queue) >= self._buffer:
-                self._queue.popleft()
-                self.dropped += 1
-                self._unreported_drops += 1
-            self._queue.append(msg)
+            self.delivered += done
+            return
+        self.delivered += len(messages)
+        queue = self._queue
+        over = len(queue) + len(messages) - self._buffer
+        if over > 0:  # the oldest go: counted, and reported by the iterator
+            kept = self._buffer
+            for _ in range(min(over, len(queue))):
+                queue.popleft()
+            if len(messages) > kept:
+                messages = messages[len(messages) - kept:]
+            self.dropped += over
+            self._unreported_drops += over
+        queue.extend(messages)
         self._ready.set()
 
     def _push(self, msg: Message) -> None:
@@ -125,6 +137,9 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Message:
+        queue = self._queue
+        if queue and not self._unreported_drops:
+            return queue.popleft()  # (the common case, without a second coroutine)
         return await self.get()
 
     def close(self) -> None:

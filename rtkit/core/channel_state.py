@@ -17,7 +17,7 @@ so any interleaving of subscribes, unsubscribes, reconnects and renewals compose
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +79,8 @@ class ChannelCore:
     """The protocol state of one channel. ``send(kind, fields)`` sends an attach or detach
     request for this channel and returns its ref; ``emit`` hands outputs to the client."""
 
-    def __init__(self, name: str, send: SendRequest, emit: Emit) -> None:
+    def __init__(self, name: str, send: SendRequest, emit: Emit,
+                 out: list[Output] | None = None) -> None:
         self.name = name
         self.state = CS.DETACHED
         self.error: RtkitError | None = None
@@ -109,6 +110,9 @@ class ChannelCore:
         self.entered: tuple[bool, Any] = (False, None)
         self._send = send
         self._emit = emit
+        #: The outputs ``emit`` appends to, when given: consecutive deliveries to the same
+        #: subscriptions are merged into the last one while it is still there.
+        self._out: list[Output] = out if out is not None else []
         self._live: tuple[int, ...] = ()
         #: Subscriptions whose own rewind replay went further than the channel's position
         #: (a gap being repaired): sub id -> the serial they have up to.
@@ -359,11 +363,23 @@ class ChannelCore:
 
     # ---------------------------------------------------------------- deliveries
 
-    def deliver(self, messages: tuple[Message, ...] | list[Message], now: float) -> None:
+    def deliver(self, messages: Sequence[Message], now: float) -> None:
         """Messages arrived on the link for this channel, in serial order."""
         if self.state is not CS.ATTACHED:
             return  # not ours any more
         tracker = self.tracker
+        if self.replay is None and not self.repairing:
+            # The common case: the next serials, in order, none seen before: one batch.
+            run = tracker.accept_run(messages)
+            if run:
+                first = messages[0].serial
+                if first <= self.replay_until:
+                    self.replayed += min(run, self.replay_until - first + 1)
+                if run == len(messages):
+                    self._flush(messages)
+                    return
+                self._flush(messages[:run])
+                messages = messages[run:]
         replay = self.replay
         out: list[Message] = []
         for msg in messages:
@@ -399,32 +415,43 @@ class ChannelCore:
                     tracker.skip_to(msg.serial)
         self._flush(out)
 
-    def _flush(self, out: list[Message]) -> None:
+    def _flush(self, out: Sequence[Message]) -> None:
         if not out or not self._live:
             return
         ahead, routed = self._ahead, self._routed
         if not ahead and not routed:
-            self._emit(Deliver(self.name, tuple(out), self._live))
+            self._deliver(out, self._live)
             return
         behind = tuple(sub for sub in self._live if sub not in ahead and sub not in routed)
         if behind:
-            self._emit(Deliver(self.name, tuple(out), behind))
+            self._deliver(out, behind)
         for sub in self._live:
             if sub not in ahead and sub not in routed:
                 continue
             upto, had = ahead.get(sub, 0), routed.get(sub, set())
-            newer = tuple(m for m in out if m.serial > upto and m.id not in had)
+            newer = [m for m in out if m.serial > upto and m.id not in had]
             if newer:
-                self._emit(Deliver(self.name, newer, (sub,)))
+                self._deliver(newer, (sub,))
             if sub in ahead and self.tracker.serial >= upto:
                 del ahead[sub]
+
+    def _deliver(self, messages: Sequence[Message], subs: tuple[int, ...]) -> None:
+        """Hand ``messages`` to ``subs``: added to the last output when that is a delivery
+        to the same subscriptions (frames read together make one event), else a new one."""
+        out = self._out
+        if out:
+            last = out[-1]
+            if type(last) is Deliver and last.channel == self.name and last.subs == subs:
+                last.messages.extend(messages)
+                return
+        self._emit(Deliver(self.name, list(messages), subs))
 
     def _route(self, replay: Replay, msg: Message) -> None:
         targets = tuple(sub for sub, after in replay.start.items() if msg.serial > after)
         for sub in targets:  # (a copy of it in a new epoch is not delivered to it again)
             self._routed.setdefault(sub, set()).add(msg.id)
         if targets:
-            self._emit(Deliver(self.name, (msg,), targets))
+            self._deliver((msg,), targets)
 
     def skip(self, to_serial: int, reason: str, now: float) -> None:
         """Messages up to ``to_serial`` will never come: report them lost, move past them."""

@@ -152,7 +152,8 @@ class ClientCore:
         if ch is None:
             fr.validate_channel_name(name)
             ch = self.channels[name] = ChannelCore(
-                name, functools.partial(self._channel_request, name), self.out.append)
+                name, functools.partial(self._channel_request, name), self.out.append,
+                self.out)
         return ch
 
     def _channel_request(self, name: str, action: str, fields: dict[str, Any]) -> fr.Ref:

@@ -96,8 +96,11 @@ class ChannelChanged:
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
+    """``messages`` (in serial order) for the subscriptions ``subs`` of ``channel``. The
+    core may add messages to the list until it hands the event over (:meth:`take`)."""
+
     channel: str
-    messages: tuple[Message, ...]
+    messages: list[Message]
     subs: tuple[int, ...]
 
 

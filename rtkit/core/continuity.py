@@ -7,11 +7,15 @@ report a gap; it remembers the last serial delivered in the channel's epoch, so 
 
 from __future__ import annotations
 
-from collections import deque
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
 from rtkit.core.frames import Attached, Message
+
+_serial = operator.attrgetter("serial")
+_id = operator.attrgetter("id")
 
 
 class Verdict(Enum):
@@ -46,7 +50,7 @@ class ContinuityLoss:
 class Tracker:
     """Serial and id bookkeeping for one channel."""
 
-    __slots__ = ("_id_set", "_id_window", "_ids", "channel", "delivered", "duplicates",
+    __slots__ = ("_id_window", "_older", "_recent", "channel", "delivered", "duplicates",
                  "epoch", "rebase", "serial")
 
     def __init__(self, channel: str, id_window: int = 1000) -> None:
@@ -59,8 +63,10 @@ class Tracker:
         self.rebase = False
         self.duplicates = 0
         self.delivered = 0
-        self._ids: deque[str] = deque()
-        self._id_set: set[str] = set()
+        # The ids of at least the last ``id_window`` messages delivered, in two generations:
+        # when the recent one is full it becomes the older one (no per-message eviction).
+        self._recent: set[str] = set()
+        self._older: set[str] = set()
         self._id_window = id_window
 
     @property
@@ -108,19 +114,53 @@ class Tracker:
         if msg.serial > self.serial + 1 and not self.rebase:
             return Verdict.GAP
         # E.g. a publish resent to a restarted broker, delivered before in the old epoch.
-        return Verdict.SEEN if msg.id in self._id_set else Verdict.DELIVER
+        msg_id = msg.id
+        return Verdict.SEEN if msg_id in self._recent or msg_id in self._older \
+            else Verdict.DELIVER
+
+    def accept_run(self, messages: Sequence[Message]) -> int:
+        """Accept the leading run of ``messages`` that :meth:`check` would deliver one by one
+        (the next serials, ids not seen) and return its length; the caller judges the rest
+        message by message. The common case, a whole batch in order, is checked in C."""
+        if self.rebase:
+            return 0
+        first = expected = self.serial + 1
+        recent, older = self._recent, self._older
+        count = len(messages)
+        if count > 1 and list(map(_serial, messages)) == list(range(first, first + count)):
+            ids = set(map(_id, messages))  # (all checks in C: the usual batch)
+            if len(ids) == count and ids.isdisjoint(recent) and ids.isdisjoint(older):
+                recent |= ids
+                return self._accepted(count)
+        remember = recent.add
+        for msg in messages:
+            if msg.serial != expected:
+                break
+            msg_id = msg.id
+            if msg_id in recent or msg_id in older:
+                break
+            remember(msg_id)
+            expected += 1
+        return self._accepted(expected - first)
+
+    def _accepted(self, count: int) -> int:
+        if count:
+            self.serial += count
+            self.delivered += count
+            self.rebase = False
+            if len(self._recent) >= self._id_window:
+                self._older, self._recent = self._recent, set()
+        return count
 
     def accept(self, msg: Message) -> None:
         """Record ``msg`` as delivered."""
         self.serial = msg.serial
         self.rebase = False
         self.delivered += 1
-        msg_id = msg.id
-        ids = self._ids
-        ids.append(msg_id)
-        self._id_set.add(msg_id)
-        if len(ids) > self._id_window:
-            self._id_set.discard(ids.popleft())
+        recent = self._recent
+        recent.add(msg.id)
+        if len(recent) >= self._id_window:
+            self._older, self._recent = recent, set()
 
     def skip_to(self, serial: int) -> None:
         """Move past ``serial`` without delivering (reported lost, or a copy)."""

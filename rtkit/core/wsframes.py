@@ -20,7 +20,7 @@ from typing import NamedTuple
 try:  # websockets' C helper: unmasking at memcpy speed
     from websockets.speedups import apply_mask as _c_apply_mask
 
-    _apply_mask: Callable[[bytes, bytes], bytes] = _c_apply_mask
+    _apply_mask: Callable[[bytes | bytearray, bytes | bytearray], bytes] = _c_apply_mask
 except ImportError:  # pragma: no cover - a build without the C extension
     from websockets.utils import apply_mask as _apply_mask
 

@@ -259,23 +259,26 @@ async def test_link_drop_during_gap_repair_is_not_a_loss(env: Any, make: Any) ->
     sub = await make(connect=False)
     got: list[int] = []
     ch = sub.channel("r10")
-    original = sub._on_text
+    original = sub._on_frames
     state = {"dropped": False}
 
-    def relay(link_id: int, text: str) -> None:
-        frame = json.loads(text)
-        if frame.get("action") == "message" and not state["dropped"]:
-            kept = [m for m in frame["messages"] if m["serial"] != 3]
-            if len(kept) != len(frame["messages"]):
-                state["dropped"] = True  # lose serial 3, then lose the link mid-repair
-                asyncio.get_running_loop().call_soon(px.drop_all)
-                frame["messages"] = kept
-                if not kept:
-                    return
-                text = json.dumps(frame)
-        original(link_id, text)
+    def relay(link_id: int, texts: list[str | bytes]) -> None:
+        passed: list[str | bytes] = []
+        for text in texts:
+            frame = json.loads(text)
+            if frame.get("action") == "message" and not state["dropped"]:
+                kept = [m for m in frame["messages"] if m["serial"] != 3]
+                if len(kept) != len(frame["messages"]):
+                    state["dropped"] = True  # lose serial 3, then lose the link mid-repair
+                    asyncio.get_running_loop().call_soon(px.drop_all)
+                    frame["messages"] = kept
+                    if not kept:
+                        continue
+                    text = json.dumps(frame)
+            passed.append(text)
+        original(link_id, passed)
 
-    sub._on_text = relay  # type: ignore[method-assign]
+    sub._on_frames = relay  # type: ignore[method-assign]
     await within(sub.connect())
     await ch.subscribe(lambda m: got.append(m.serial))
     for i in range(6):

@@ -301,17 +301,20 @@ async def test_backoff_schedule_follows_the_seeded_random_source(env: Any, make:
 
 def lossy_relay(client: rtkit.Client, rewrite: Callable[[dict[str, Any]], None]) -> None:
     """Pass every frame the client receives through ``rewrite`` (a buggy relay)."""
-    original = client._on_text
+    original = client._on_frames
 
-    def relay(link_id: int, text: str) -> None:
-        frame = json.loads(text)
-        if frame.get("action") == "message":
-            rewrite(frame)
-            if not frame["messages"]:
-                return
-        original(link_id, json.dumps(frame))
+    def relay(link_id: int, texts: list[str | bytes]) -> None:
+        passed: list[str | bytes] = []
+        for text in texts:
+            frame = json.loads(text)
+            if frame.get("action") == "message":
+                rewrite(frame)
+                if not frame["messages"]:
+                    continue
+            passed.append(json.dumps(frame))
+        original(link_id, passed)
 
-    client._on_text = relay  # type: ignore[method-assign]
+    client._on_frames = relay  # type: ignore[method-assign]
 
 
 async def test_gap_on_a_live_link_is_repaired_by_the_broker_replay(env: Any, make: Any) -> None:
