@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import secrets
@@ -66,7 +67,10 @@ class Broker:
         self.backplane: RedisBackplane | None = None
         if backplane is not None:
             self.node = NodeView(secrets.token_hex(4), self.config.node_timeout)
-        self.core = BrokerCore(self.config, self.keys, node=self.node)
+        # Connection keys signed alike on every node that shares the root key.
+        secret = None if backplane is None else hashlib.sha256(
+            b"rtkit connection keys\0" + self.root_key.value.encode()).digest()
+        self.core = BrokerCore(self.config, self.keys, node=self.node, cluster_secret=secret)
         if backplane is not None:
             from rtkit.aio.backplane import RedisBackplane  # (redis is imported only here)
 

@@ -19,6 +19,9 @@ presence is indexed by session, and idle channels are reclaimed a few at a time.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import itertools
 import math
 import secrets
@@ -70,10 +73,14 @@ class BrokerCore:
         keys: KeyStore,
         bucket_factory: Callable[[], Any] | None = None,
         node: NodeView | None = None,
+        cluster_secret: bytes | None = None,
     ) -> None:
         """``node``: this broker is a node of a cluster sharing its channels through a
-        backplane (see ``rtkit.core.cluster_ops``); without it channels live here alone."""
+        backplane (see ``rtkit.core.cluster_ops``); without it channels live here alone.
+        ``cluster_secret`` (a node: the same on every node) signs connection keys, so that a
+        connection that moves to another node keeps its id there (see :meth:`_adopt`)."""
         self.config = config
+        self.cluster_secret = cluster_secret
         self.keys = keys
         self.sessions: dict[str, Session] = {}
         self.parked: OrderedDict[str, Parked] = OrderedDict()  # by connection_key, oldest first
@@ -85,6 +92,8 @@ class BrokerCore:
             "protocol_errors": 0, "rate_limited": 0, "slow_consumers": 0, "resumed": 0,
             "resume_refused": 0, "replayed": 0, "continuity_lost": 0, "revoked": 0,
         }
+        if cluster_secret is not None:
+            self.stats["adopted"] = 0  # connections of other nodes that kept their id here
         # Chosen once: the in-memory broker runs ChannelOps and pays nothing for a cluster.
         self.ops: ChannelOps = (
             ChannelOps(config, self.registry, self.outbox, self.stats, self._refuse)
@@ -270,6 +279,8 @@ class BrokerCore:
             return self._fatal(s, exc, f.ref)
         s.connected, s.client_id, s.capability = True, client_id, cap
         s.client_id_json = fr.dumps(client_id)
+        if self.cluster_secret is not None:
+            s.connection_key = self._signed_key(s.connection_id, client_id)
         s.token_expires, s.key_id = expires, key_id
         self.timers.token(s)
         self.timers.connected(s, now)
@@ -304,6 +315,8 @@ class BrokerCore:
                     or not secrets.compare_digest(old.connection_key, key)
                     or old.client_id != s.client_id):
                 self.stats["resume_refused"] += 1
+                if old is None:
+                    self._adopt(s, key)
                 return False
             old.resumable = False
             self.outbox.disconnect(old, 4409, "superseded by a resumed connection")
@@ -322,6 +335,31 @@ class BrokerCore:
         self.sessions[s.connection_id] = s
         self.stats["resumed"] += 1
         return True
+
+    def _signed_key(self, connection_id: str, client_id: str | None) -> str:
+        """A node's connection key: the id, and a signature of it and the client id that
+        every node of the cluster can check."""
+        assert self.cluster_secret is not None
+        who = "-" if client_id is None else f"u{client_id}"
+        mac = hmac.new(self.cluster_secret, f"{connection_id}\0{who}".encode(),
+                       hashlib.sha256).digest()
+        return f"{connection_id}!{base64.urlsafe_b64encode(mac[:18]).decode()}"
+
+    def _adopt(self, s: Session, key: str) -> None:
+        """A connection of another node of the cluster (its key signed for the same client)
+        asks to resume here. Its state cannot be (it lived on that node: every channel
+        resumes from its serial instead), but it keeps its id and key: publish ids stay
+        scoped to the same connection, so a publish retried here after its node died is
+        still recognised as a duplicate."""
+        cid = key.partition("!")[0]
+        if (self.cluster_secret is None or cid in self.sessions
+                or not secrets.compare_digest(self._signed_key(cid, s.client_id), key)):
+            return
+        if self.sessions.get(s.connection_id) is s:
+            del self.sessions[s.connection_id]
+        s.connection_id, s.connection_key = cid, key
+        self.sessions[cid] = s
+        self.stats["adopted"] += 1
 
     def _on_auth(self, s: Session, f: fr.Auth, now: float) -> None:
         try:

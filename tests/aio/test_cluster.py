@@ -124,7 +124,8 @@ async def test_a_stream_survives_a_killed_node_and_a_restarted_one(
         return [u for j, u in enumerate(urls) if j != i]
 
     subs = [client(urls[i % 3], others(i % 3), client_id=f"sub{i}") for i in range(9)]
-    pub = client(urls[1], others(1), client_id="pub")
+    # (no client id: its publish ids are scoped by its connection, whose id moves with it)
+    pub = client(urls[1], others(1))
     got: list[list[int]] = [[] for _ in subs]
     losses: list[Any] = []
     try:
@@ -134,6 +135,7 @@ async def test_a_stream_survives_a_killed_node_and_a_restarted_one(
             ch.on_continuity_lost(losses.append)
             await within(ch.subscribe(lambda m, i=i: got[i].append(m.data)))
         await within(pub.connect())
+        first_id = pub.connection_id
         channel = pub.channel("stream")
         killed = restarted = False
         for start in range(0, total, 100):
@@ -155,7 +157,7 @@ async def test_a_stream_survives_a_killed_node_and_a_restarted_one(
         assert losses == []
         moved = [s for s in subs[1::3]]  # the killed node's subscribers
         assert all(s.current_url != urls[1] for s in moved)
-        assert pub.current_url != urls[1]
+        assert pub.current_url != urls[1] and pub.connection_id == first_id
         assert all(s.state is rtkit.ConnectionState.CONNECTED for s in subs)
         # nothing was published twice: the channel holds exactly `total` messages
         last = await within(subs[0].channel("stream").history(limit=1))

@@ -38,6 +38,7 @@ class MemoryBackplane:
         self.fate: Callable[[Node, str, str], str] = lambda node, channel, payload: "deliver"
         self.held: list[tuple[Node, str, str]] = []
         self.reads = 0
+        self.secret = b"s" * 32  # the nodes' shared cluster secret (signs connection keys)
 
     def stored(self, name: str, candidate: str) -> Stored:
         st = self.channels.get(name)
@@ -136,7 +137,7 @@ class Node:
                  read_limit: int = 500, **config: Any) -> None:
         self.node_id = secrets.token_hex(4)
         self.view = bp.NodeView(self.node_id, node_timeout, read_limit)
-        self.h = Harness(self.view, **config)
+        self.h = Harness(self.view, backplane.secret, **config)
         self.backplane = backplane
         self.following: set[str] = set()
         self.later: list[Callable[[], Any]] = []
