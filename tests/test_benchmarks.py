@@ -13,7 +13,8 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 def test_fanout_smoke_run_prints_ratios() -> None:
     result = subprocess.run(
-        [sys.executable, str(BENCH / "fanout.py"), "--subscribers", "1,10", "--messages", "300"],
+        [sys.executable, str(BENCH / "fanout.py"), "--subscribers", "1,10", "--messages", "300",
+         "--transport", "ws"],
         capture_output=True, text=True, timeout=scaled(120),
     )
     assert result.returncode == 0, result.stderr
@@ -22,6 +23,40 @@ def test_fanout_smoke_run_prints_ratios() -> None:
     assert "INCOMPLETE" not in result.stdout
     rows = [line.split() for line in lines if line.split()[:2] in (["1", "rtkit"], ["10", "raw"])]
     assert len(rows) == 2 and all(float(r[3].replace(",", "")) > 0 for r in rows)
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def test_fanout_other_cases_run_in_steady_windows_and_report_targets() -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "fanout.py"), "--case", "latency", "--case", "intake",
+         "--case", "channels", "--channels", "10", "--seconds", "0.2", "--warmup", "0.1",
+         "--repeats", "1"],
+        capture_output=True, text=True, timeout=scaled(120),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "INCOMPLETE" not in result.stdout
+    sections = {part.split(":")[0]: [line.split() for line in part.splitlines()[2:]]
+                for part in result.stdout.split("\n\n")}
+    latency = {row[0]: row for row in sections["latency"]}
+    for kind in ("raw", "rtkit"):  # p50, p99, spread, samples
+        p50, p99, samples = _number(latency[kind][1]), _number(latency[kind][2]), latency[kind][4]
+        assert 0 < p50 <= p99 and int(samples) > 0
+    assert latency["ratio"][3:] == ["rtkit", "/", "raw"]
+    intake = {(row[0], row[1]): row for row in sections["publish intake"]}
+    for n in ("1", "10"):
+        for kind in ("raw", "rtkit"):  # published/s, then delivered/s (window edges aside)
+            published, delivered = _number(intake[(n, kind)][2]), _number(intake[(n, kind)][3])
+            assert published > 0 and delivered >= int(n) * published / 2
+        assert intake[(n, "ratio")][2].endswith("x")
+    channels = {row[1]: row for row in sections["many channels"]}
+    assert set(channels) == {"raw", "rtkit", "ratio"}
+    assert all(_number(channels[kind][2]) > 0 for kind in ("raw", "rtkit"))
+    targets = [line.split("  target")[0].split()[:3] for line in result.stdout.splitlines()
+               if "  target " in line]
+    assert [t[0] for t in targets] == ["intake,", "intake,", "many", "latency"]
 
 
 def test_reconnect_smoke_run_prints_both_measures() -> None:
