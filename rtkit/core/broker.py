@@ -78,7 +78,8 @@ class BrokerCore:
         """``node``: this broker is a node of a cluster sharing its channels through a
         backplane (see ``rtkit.core.cluster_ops``); without it channels live here alone.
         ``cluster_secret`` (a node: the same on every node) signs connection keys, so that a
-        connection that moves to another node keeps its id there (see :meth:`_adopt`)."""
+        connection that moves to another node keeps the scope of its publish ids there (see
+        :meth:`_moved_here`)."""
         self.config = config
         self.cluster_secret = cluster_secret
         self.keys = keys
@@ -93,7 +94,7 @@ class BrokerCore:
             "resume_refused": 0, "replayed": 0, "continuity_lost": 0, "revoked": 0,
         }
         if cluster_secret is not None:
-            self.stats["adopted"] = 0  # connections of other nodes that kept their id here
+            self.stats["moved_here"] = 0  # connections continued from another node
         # Chosen once: the in-memory broker runs ChannelOps and pays nothing for a cluster.
         self.ops: ChannelOps = (
             ChannelOps(config, self.registry, self.outbox, self.stats, self._refuse)
@@ -280,7 +281,7 @@ class BrokerCore:
         s.connected, s.client_id, s.capability = True, client_id, cap
         s.client_id_json = fr.dumps(client_id)
         if self.cluster_secret is not None:
-            s.connection_key = self._signed_key(s.connection_id, client_id)
+            s.connection_key = self._signed_key(s.connection_id, s.connection_id, client_id)
         s.token_expires, s.key_id = expires, key_id
         self.timers.token(s)
         self.timers.connected(s, now)
@@ -316,7 +317,7 @@ class BrokerCore:
                     or old.client_id != s.client_id):
                 self.stats["resume_refused"] += 1
                 if old is None:
-                    self._adopt(s, key)
+                    self._moved_here(s, key)
                 return False
             old.resumable = False
             self.outbox.disconnect(old, 4409, "superseded by a resumed connection")
@@ -332,34 +333,37 @@ class BrokerCore:
         if self.sessions.get(s.connection_id) is s:
             del self.sessions[s.connection_id]
         s.connection_id, s.connection_key, s.published = parked.connection_id, key, parked.published
+        if self.cluster_secret is not None:
+            origin = key.partition("!")[2].rpartition(".")[0]
+            s.origin = origin if origin != s.connection_id else None
         self.sessions[s.connection_id] = s
         self.stats["resumed"] += 1
         return True
 
-    def _signed_key(self, connection_id: str, client_id: str | None) -> str:
-        """A node's connection key: the id, and a signature of it and the client id that
-        every node of the cluster can check."""
+    def _signed_key(self, connection_id: str, origin: str, client_id: str | None) -> str:
+        """A node's connection key: ``<id>!<origin>.<signature>``, where ``origin`` is the
+        connection that scopes its publish ids (itself, or the one it continues), signed
+        with the client id so that every node of the cluster can check it."""
         assert self.cluster_secret is not None
         who = "-" if client_id is None else f"u{client_id}"
-        mac = hmac.new(self.cluster_secret, f"{connection_id}\0{who}".encode(),
+        mac = hmac.new(self.cluster_secret, f"{connection_id}\0{origin}\0{who}".encode(),
                        hashlib.sha256).digest()
-        return f"{connection_id}!{base64.urlsafe_b64encode(mac[:18]).decode()}"
+        return f"{connection_id}!{origin}.{base64.urlsafe_b64encode(mac[:18]).decode()}"
 
-    def _adopt(self, s: Session, key: str) -> None:
+    def _moved_here(self, s: Session, key: str) -> None:
         """A connection of another node of the cluster (its key signed for the same client)
         asks to resume here. Its state cannot be (it lived on that node: every channel
-        resumes from its serial instead), but it keeps its id and key: publish ids stay
-        scoped to the same connection, so a publish retried here after its node died is
-        still recognised as a duplicate."""
-        cid = key.partition("!")[0]
-        if (self.cluster_secret is None or cid in self.sessions
-                or not secrets.compare_digest(self._signed_key(cid, s.client_id), key)):
+        resumes from its serial instead, and presence is entered again), but ``s``
+        continues it: its publish ids keep their scope, so a publish sent again here after
+        its node died unanswered is still recognised as a duplicate."""
+        cid, _, rest = key.partition("!")
+        origin = rest.rpartition(".")[0]
+        if (self.cluster_secret is None or not origin
+                or not secrets.compare_digest(self._signed_key(cid, origin, s.client_id), key)):
             return
-        if self.sessions.get(s.connection_id) is s:
-            del self.sessions[s.connection_id]
-        s.connection_id, s.connection_key = cid, key
-        self.sessions[cid] = s
-        self.stats["adopted"] += 1
+        s.origin = origin
+        s.connection_key = self._signed_key(s.connection_id, origin, s.client_id)
+        self.stats["moved_here"] += 1
 
     def _on_auth(self, s: Session, f: fr.Auth, now: float) -> None:
         try:

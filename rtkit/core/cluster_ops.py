@@ -519,8 +519,6 @@ class ClusterOps(ChannelOps):
             return
         key = (member.client_id, member.connection_id)
         if op == "leave":
-            if feed.member_nodes.get(key, node) != node:
-                return  # the connection moved to another node (it kept its id) and is there
             feed.member_nodes.pop(key, None)
         else:
             feed.member_nodes[key] = node
