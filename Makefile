@@ -11,7 +11,7 @@ PORT ?= 8888
 LAB_DIR ?= my-notebooks
 PYTEST_ARGS ?=
 
-.PHONY: lab test lint typecheck bench browser redis clean
+.PHONY: lab test lint typecheck bench browser redis tools clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -41,7 +41,11 @@ browser:
 redis:
 	@bash scripts/ensure-redis.sh
 
-test: $(STAMP) browser redis lint typecheck
+# curl, for the tests that run the curl examples of docs/protocol.md
+tools:
+	@bash scripts/ensure-curl.sh
+
+test: $(STAMP) browser redis tools lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -15,7 +15,7 @@ publisher keeps at most ``--window`` messages in flight, a message being in flig
 Cases:
   fanout    1 publisher, N = 1, 10, 100, 1,000 subscribers on one channel: delivered msg/s
             (publishes without ids: rtkit names them); a row per rtkit transport of the
-            subscribers (``--transport``, default ws), each with its ratio to the raw relay
+            subscribers (``--transport``, default ws and sse), each with its ratio to the raw relay
   latency   1 publisher at 1,000 msg/s, 100 subscribers: p50/p99 from publish to delivery
             (the publish time travels in the message; 10 subscribers decode every frame)
   intake    1 publishing connection pipelining publishes (rtkit: each with a ref and an id,
@@ -67,8 +67,7 @@ RTKIT_CONFIG: dict[str, Any] = {
 #: rtkit's transports for the subscribers of the fan-out case (``--transport``, one row each):
 #: the kind of run of each, served by rtkit's broker, its subscribers speaking the load
 #: generator's dialect of that name (``fanout_load.DIALECTS``); publishers use a WebSocket.
-#: The SSE transport is one more entry ("sse": "rtkit-sse") and one more dialect.
-TRANSPORTS = {"ws": "rtkit"}
+TRANSPORTS = {"ws": "rtkit", "sse": "rtkit-sse"}
 #: Which server each kind of run talks to.
 SERVER_OF = {"raw": "raw", **dict.fromkeys(TRANSPORTS.values(), "rtkit")}
 KINDS = ("raw", "rtkit")  # the cases other than fan-out; the first is the baseline
@@ -429,7 +428,7 @@ def main() -> int:
     p.add_argument("--subscribers", help="fan-out subscriber counts (default 1,10,100,1000)")
     p.add_argument("--transport", choices=TRANSPORTS, action="append",
                    help="rtkit's transport for the fan-out subscribers (repeatable: a row each; "
-                        "default ws)")
+                        "default ws and sse)")
     p.add_argument("--messages", type=int, default=0,
                    help="fan-out: publish this many messages and time them all, instead of a "
                         "steady window (a quick check; includes the warm-up)")
@@ -460,7 +459,7 @@ def main() -> int:
 
     fanout_only = args.subscribers or args.messages or args.transport
     cases = args.case or (["fanout"] if fanout_only else list(CASES))
-    args.transport = args.transport or ["ws"]
+    args.transport = args.transport or ["ws", "sse"]
     quick = args.quick
     args.subscribers = args.subscribers or ("1,100" if quick else "1,10,100,1000")
     args.repeats = args.repeats or (1 if quick else 2)

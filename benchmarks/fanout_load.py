@@ -20,14 +20,14 @@ was published, every publish was acked and no connection was closed or refused.
 
 **Kinds.** How the generator speaks to a server is a :class:`Dialect`: how a subscriber and a
 publisher are opened and made ready, how deliveries are counted, what a publish looks like.
-``raw`` and ``rtkit`` exist. Another rtkit transport for the subscribers is one more dialect,
-registered in :data:`DIALECTS` under the kind that ``fanout.py``'s ``TRANSPORTS`` names. For
-SSE (``"sse": "rtkit-sse"``): a subclass of :class:`RtkitDialect` (its publishers, publishes
-and acks unchanged) whose ``open_subscriber`` opens the event stream with a light SSE client
-and POSTs ``connect`` and ``attach``, and whose ``subscriber_ready`` waits for their two
-replies. That client must have the :class:`Subscriber` attributes: its events' ``data`` are
-the same frames, so :func:`count_serials` counts them, and ``transport.pause_reading`` lets
-:class:`LazyReaders` read it lazily.
+``raw``, ``rtkit`` and ``rtkit-sse`` exist. Each rtkit transport for the subscribers is a
+dialect registered in :data:`DIALECTS` under the kind that ``fanout.py``'s ``TRANSPORTS``
+names. For SSE (``"sse": "rtkit-sse"``) it is a subclass of :class:`RtkitDialect` (its
+publishers, publishes and acks unchanged) whose ``open_subscriber`` opens the event stream
+with a light SSE client and POSTs ``connect`` and ``attach``; ``subscriber_ready`` waits for
+their two replies. That client has the :class:`Subscriber` attributes: its events' ``data``
+are the same frames, so :func:`count_serials` counts them, and ``transport.pause_reading``
+lets :class:`LazyReaders` read it lazily.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lightsse import open_light_sse
 from lightws import LightWS, now, open_light, text_frame
 
 KEY = "bench:" + "b" * 40
@@ -193,8 +194,26 @@ class RtkitDialect(Dialect):
         return []
 
 
+class RtkitSseDialect(RtkitDialect):
+    """rtkit's protocol with the subscribers on the SSE transport: the event stream read by
+    :class:`lightsse.LightSSE`, ``connect`` and ``attach`` POSTed; publishers on WebSockets.
+    The subscribers send nothing more, which is fine for a case shorter than the broker's
+    silence limit for an SSE session (three heartbeat intervals, 45 s by default)."""
+
+    name = "rtkit-sse"
+
+    async def open_subscriber(self, url: str, channel: str, sample: bool,
+                              on_payload: Callable[[Any, bytes], None]) -> Subscriber:
+        sub = await open_light_sse(url, sample=sample, count_marker=None, counter=count_serials,
+                                   on_payload=on_payload, error_marker=self.error)
+        await sub.send_frames({"action": "connect", "ref": 0, "key": KEY},
+                              {"action": "attach", "ref": 1, "channel": channel})
+        return sub
+
+
 #: The dialect of each kind of run (``fanout.py`` passes the kind).
-DIALECTS: dict[str, Dialect] = {"raw": Dialect(), "rtkit": RtkitDialect()}
+DIALECTS: dict[str, Dialect] = {"raw": Dialect(), "rtkit": RtkitDialect(),
+                                "rtkit-sse": RtkitSseDialect()}
 
 
 # ------------------------------------------------------------------ flow control

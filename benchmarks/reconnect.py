@@ -170,7 +170,7 @@ async def _outages(url: str, kind: str, seconds: float, repeats: int,
             else:
                 px.blackhole(seconds)
             await asyncio.sleep(seconds)
-            end = time.monotonic()
+            end, end_wall = time.monotonic(), time.time()  # state_history is on the wall clock
             arrived.clear()
             probe["n"] = n
             await pub.channel(channel).publish("probe", n)
@@ -179,7 +179,7 @@ async def _outages(url: str, kind: str, seconds: float, repeats: int,
                     await asyncio.sleep(0.005)
             if kind == "refuse":
                 samples += [[c.at for c in sub.state_history
-                             if c.current is S.CONNECTED][-1] - end for sub in subs]
+                             if c.current is S.CONNECTED][-1] - end_wall for sub in subs]
             else:
                 samples += [t - end for t in arrived.values()]
             await asyncio.sleep(0.5)

@@ -96,8 +96,9 @@ async def record(channel: Channel, window: int = 10_000) -> MessageRecorder:
 
 
 def states_frame(client: Observable) -> pd.DataFrame:
-    """A client's state changes: time (UTC), from, to, trigger, reason, error code, and how
-    long the previous state lasted (seconds)."""
+    """A client's state changes: time (UTC), from, to, trigger, reason, error code, how
+    long the previous state lasted (seconds) and the transport of the link (``websocket`` or
+    ``sse``; empty for a feed)."""
     history = client.state_history
     at = [c.at for c in history]
     durations = [b - a for a, b in zip([h.at for h in history[:1]] + at[:-1], at, strict=True)]
@@ -110,6 +111,8 @@ def states_frame(client: Observable) -> pd.DataFrame:
         "error_code": pd.Series([c.error.code if c.error else None for c in history],
                                 dtype="Int64"),
         "previous_lasted_s": pd.Series(durations, dtype="float64").round(3),
+        "transport": pd.Series([getattr(c, "transport", None) for c in history],
+                               dtype="string"),
     })
     return frame
 

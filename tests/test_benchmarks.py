@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import scaled
+import rtkit
+from tests.conftest import eventually, scaled, within
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -14,15 +16,17 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 def test_fanout_smoke_run_prints_ratios() -> None:
     result = subprocess.run(
         [sys.executable, str(BENCH / "fanout.py"), "--subscribers", "1,10", "--messages", "300",
-         "--transport", "ws"],
+         "--transport", "ws", "--transport", "sse"],
         capture_output=True, text=True, timeout=scaled(120),
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert any(line.startswith("ratios: N=1: ") and "N=10: " in line for line in lines)
+    ratios = [line for line in lines if line.startswith("ratios: N=1: ") and "N=10: " in line]
+    assert len(ratios) == 2 and "rtkit-sse / raw" in ratios[1]
     assert "INCOMPLETE" not in result.stdout
-    rows = [line.split() for line in lines if line.split()[:2] in (["1", "rtkit"], ["10", "raw"])]
-    assert len(rows) == 2 and all(float(r[3].replace(",", "")) > 0 for r in rows)
+    wanted = (["1", "rtkit"], ["10", "raw"], ["10", "rtkit-sse"])
+    rows = [line.split() for line in lines if line.split()[:2] in wanted]
+    assert len(rows) == 3 and all(float(r[2].replace(",", "")) > 0 for r in rows)
 
 
 def _number(text: str) -> float:
@@ -146,3 +150,33 @@ def test_client_smoke_run_prints_ratios_against_websockets() -> None:
     lines = result.stdout.splitlines()
     assert lines[-2].startswith("ratios to plain + json: 1/frame: callback=")
     assert "100/frame: callback=" in lines[-2] and "iterator/callback=" in lines[-2]
+
+
+async def test_light_sse_subscriber_counts_a_channels_messages() -> None:
+    """benchmarks/lightsse.py, the SSE subscriber a fan-out run can open by the hundred: what
+    the load generator asks of a subscriber, counted as it counts rtkit frames."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from fanout_load import RtkitDialect, count_serials
+        from lightsse import open_light_sse
+    finally:
+        sys.path.remove(str(BENCH))
+    progress: list[int] = []
+    with rtkit.serve() as srv:
+        sub = await open_light_sse(srv.url, sample=False, count_marker=None,
+                                   counter=count_serials, error_marker=RtkitDialect.error,
+                                   on_progress=lambda s, before: progress.append(s.count))
+        assert await sub.send_frames({"action": "connect", "ref": 0, "key": srv.root_key},
+                                     {"action": "attach", "ref": 1, "channel": "bench"}) == 204
+        await eventually(lambda: sub.frames >= 2)  # connected, attached
+        sub.count = 0
+        async with rtkit.Client(srv.url, key=srv.root_key) as pub:
+            await asyncio.gather(*(pub.channel("bench").publish("t", i) for i in range(50)))
+            await eventually(lambda: sub.count == 50)
+            assert sub.errors == 0 and progress[-1] == 50
+            assert await sub.send_frames({"action": "attach", "ref": 2, "channel": "no good"}) \
+                == 204
+            await eventually(lambda: sub.errors == 1)
+            assert b"40007" in sub.first_error
+        sub.close()
+        assert await within(sub.closed) is None

@@ -3,12 +3,15 @@ timers around :class:`~rtkit.core.broker.BrokerCore`.
 
 WebSockets and plain HTTP share the port: each connection starts as an HTTP/1.1 request
 (h11); an upgrade becomes a WebSocket with rtkit's own framing (``rtkit.core.wsframes``),
-anything else goes to :meth:`Broker.http_request`.
+anything else goes to :class:`~rtkit.aio.httpapi.HttpApi`: the SSE transport (its sessions
+are session transports like a WebSocket connection, see ``rtkit.aio.ssesession``) and the
+REST interface.
 
 Output: what the core wants sent is flushed once per event-loop iteration (``call_soon``).
 Every message published in that iteration reaches a subscriber in one ``message`` frame,
-encoded and framed once for all subscribers of the channel, and everything one connection
-gets in a flush leaves in one ``write``. Each item of a flush is handled on its own: one that
+encoded and framed once for all subscribers of the channel (once as a WebSocket frame, once
+as an SSE event with one id for all SSE targets), and everything one connection gets in a
+flush leaves in one ``write``. Each item of a flush is handled on its own: one that
 fails is logged and skipped, never taking the others with it.
 
 Memory is bounded where it is queued: after each flush, a connection whose outbound buffer
@@ -23,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import secrets
 import ssl as ssl_module
@@ -32,7 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import h11
 
-from rtkit.aio.conn import HTTP, WEBSOCKET, Connection
+from rtkit.aio.conn import EVENTS, HTTP, SSE, WEBSOCKET, Connection
+from rtkit.aio.httpapi import HttpApi
+from rtkit.aio.ssesession import event_bytes
 from rtkit.core.backplane import NodeView
 from rtkit.core.broker import BrokerConfig, BrokerCore, Disconnect, Send, Session
 from rtkit.core.tokens import ApiKey, KeyStore
@@ -77,13 +81,15 @@ class Broker:
             self.backplane = RedisBackplane(backplane, self)
         self.connections: set[Connection] = set()
         #: Connections whose session has replays or long answers left to write.
-        self.streaming: set[Connection] = set()
+        self.streaming: set[Any] = set()
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._flush_handle: asyncio.Handle | None = None
         self._all_gone: asyncio.Event | None = None  # while stopping
         self._tls = False
         self.outbound_peak = 0  # the largest outbound buffer seen after a write (bytes)
+        self.http = HttpApi(self)
+        self._event_id = 0  # SSE event ids: one sequence for the whole broker
         self.host = ""
         self.port = 0
 
@@ -127,6 +133,7 @@ class Broker:
                 await self._ticker
         self.core.shutdown()
         self._flush()
+        self.http.stop()
         # Closing handshakes get a moment; then whatever is left is dropped.
         for conn in list(self.connections):
             if conn.mode == HTTP:
@@ -172,18 +179,21 @@ class Broker:
         err = self.core.gate.admit(conn.address, time.monotonic(), origin)
         if err is not None:
             log.info("refused a connection from %s: %s", conn.address, err)
-            conn.respond(_HTTP_STATUS.get(err.code, 403), f"{err.code} {err.message}\n".encode())
+            conn.respond(_HTTP_STATUS.get(err.code, 403), f"{err.code} {err.message}\n".encode(),
+                         close=True)
             return err
         conn.admitted = True
         return None
 
-    def open_session(self, conn: Connection) -> Session:
+    def open_session(self, conn: Any) -> Session:
         session = self.core.open_session(time.monotonic(), conn)
         session.flow_control = True
         return session
 
     def connection_lost(self, conn: Connection) -> None:
         self.connections.discard(conn)
+        if conn.owner is not None:
+            conn.owner.stream_lost(conn)
         if not self.connections and self._all_gone is not None:
             self._all_gone.set()
         self.streaming.discard(conn)
@@ -195,15 +205,14 @@ class Broker:
             self.schedule_flush()
 
     def http_request(self, conn: Connection, request: h11.Request, body: bytes) -> None:
-        """A plain HTTP request (not an upgrade)."""
-        target = request.target.decode("latin-1").split("?", 1)[0]
-        if target == "/health" and request.method in (b"GET", b"HEAD"):
-            conn.respond(200, json.dumps({"status": "ok", **self._counts()}).encode() + b"\n",
-                         content_type="application/json")
-            return
-        conn.respond(426, b"this is an rtkit broker: connect with a WebSocket "
-                          b"(Upgrade: websocket)\n",
-                     [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")])
+        """A plain HTTP request (not an upgrade): the SSE transport, REST, /health."""
+        self.http.handle(conn, request, body)
+
+    def session_ended(self, session: Session) -> None:
+        """A session transport other than a WebSocket connection has ended."""
+        self.streaming.discard(session.transport)
+        self.core.session_lost(session, time.monotonic())
+        self.schedule_flush()
 
     # ---------------------------------------------------------------- output
 
@@ -213,7 +222,7 @@ class Broker:
 
     def _flush(self) -> None:
         self._flush_handle = None
-        touched: list[Connection] = []
+        touched: list[Any] = []
         if self.node is not None and self.backplane is not None:
             self.backplane.perform(self.node.take())
         for item in self.core.take_output():
@@ -222,13 +231,32 @@ class Broker:
             try:
                 if type(item) is Send:
                     data = _text_frame(item.text.encode())
+                    # The SSE event and a channel stream's events: built once if needed.
+                    sse: bytes | None = None
+                    events: bytes | None = None
+                    seq = 0
                     for s in item.targets:
-                        conn: Connection | None = s.transport
-                        if conn is None or conn.mode != WEBSOCKET:
+                        conn: Any = s.transport
+                        if conn is None:
                             continue
-                        if not conn.out:
-                            touched.append(conn)
-                        conn.out.append(data)
+                        mode = conn.mode
+                        if mode == WEBSOCKET:
+                            if not conn.out:
+                                touched.append(conn)
+                            conn.out.append(data)
+                        elif mode == SSE:
+                            if sse is None:
+                                self._event_id = seq = self._event_id + 1
+                                sse = event_bytes(seq, item.text)
+                            if not conn.out:
+                                touched.append(conn)
+                            conn.queue(seq, sse)
+                        elif mode == EVENTS:
+                            if events is None:
+                                events = conn.encode(item.text)
+                            if not conn.out:
+                                touched.append(conn)
+                            conn.queue(events)
                 elif isinstance(item, Disconnect):
                     self._disconnect(item)
             except Exception:
@@ -243,8 +271,9 @@ class Broker:
             if buffered > limit and conn.session is not None:
                 log.warning("disconnecting slow consumer %s (%d bytes unsent)",
                             conn.session.connection_id, buffered)
+                session = conn.session
+                self.core.overflowed(session)  # (before: an SSE session ends at once)
                 conn.abort()
-                self.core.overflowed(conn.session)
         if self.streaming:
             self._pump_streams()
         if self.core.outbox.items or self.core.ops.dirty or (
@@ -260,13 +289,13 @@ class Broker:
             elif conn.writable:
                 self.core.pump(s, STREAM_ROUND)
 
-    def pump(self, conn: Connection) -> None:
+    def pump(self, conn: Any) -> None:
         """``conn`` drained: write its next round of replays (at the next flush)."""
         self.streaming.add(conn)
         self.schedule_flush()
 
     def _disconnect(self, item: Disconnect) -> None:
-        conn: Connection | None = item.session.transport
+        conn: Any = item.session.transport
         if conn is None:
             return
         if item.abort:
@@ -280,6 +309,8 @@ class Broker:
         hb = self.config.heartbeat_interval
         period = max(0.01, min(0.05, hb / 4))
         next_sweep = time.monotonic() + hb / 2
+        keepalive = self.http.keepalive_interval() / 2
+        next_keepalive = time.monotonic() + keepalive
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
@@ -289,6 +320,10 @@ class Broker:
                 if now >= next_sweep:
                     next_sweep = now + hb / 2
                     self._sweep(now, hb)
+                    self.http.sweep(now, hb)
+                if now >= next_keepalive:
+                    next_keepalive = now + keepalive
+                    self.http.keep_alive(now)
             except Exception:  # a bug in one timer must not stop the others for good
                 log.exception("broker tick failed")
             self._flush()
@@ -335,7 +370,7 @@ class Broker:
         self._flush()
         return hit
 
-    def _counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, int]:
         return {"connections": len(self.core.sessions), "channels": len(self.core.channels)}
 
     def stats(self) -> dict[str, Any]:
@@ -347,7 +382,9 @@ class Broker:
             "limit": self.config.max_outbound_buffer}
         ledger = core.registry.ledger
         out = {
-            **self._counts(),
+            **self.counts(),
+            "sse_sessions": len(self.http.sse),
+            "event_streams": len(self.http.events),
             **core.stats,
             "refused_connections": core.gate.refused,
             "evicted": ledger.evicted,

@@ -25,12 +25,14 @@ from rtkit.aio.auth import AuthCallback, TokenSource, call_auth_callback
 from rtkit.aio.channel import Channel
 from rtkit.aio.events import Observable
 from rtkit.aio.link import WebSocketLink, error_from_close
+from rtkit.aio.sselink import SseLink
 from rtkit.core import client_events as ev
 from rtkit.core.client import ClientConfig, ClientCore
 from rtkit.core.outbox import DEFAULT_MAX_QUEUED_BYTES
 from rtkit.core.recovery import RecoveryKey
 from rtkit.core.states import ChannelState, ConnectionState
 from rtkit.core.timing import Backoff, RandomSource
+from rtkit.core.transports import FALLBACK_AFTER, RETRY_INTERVAL, SSE, TRANSPORTS, check_transports
 from rtkit.errors import ConnectionClosed, ConnectionFailed, RequestTimeout, RtkitError
 
 log = logging.getLogger("rtkit.client")
@@ -58,16 +60,26 @@ class Client(Observable):
 
     Reconnection: ``backoff`` (default base 0.5 s, cap 2 s, full jitter, random source
     ``random_source``) until ``connection_state_ttl`` has passed, then ``suspended`` with a
-    retry every ``suspended_retry_interval`` (15 s). Liveness: a link silent for the
-    broker's heartbeat interval plus ``heartbeat_grace`` (default half the interval) is
-    dropped. Publishes wait for their ack in a queue of at most ``max_queued_bytes``
-    (16 MiB; ``max_queued_publishes`` adds a count limit).
+    retry every ``suspended_retry_interval`` (15 s).
+
+    Transports: ``transports`` in order of preference, ``("websocket", "sse")`` by default:
+    a WebSocket when it gets through, else the SSE transport (an event stream plus POSTs,
+    for networks that refuse WebSocket upgrades). An attempt whose upgrade is refused or times
+    out falls back at once; ``fallback_after`` other failures in a row (3) do too. Connected
+    over SSE, the client probes the WebSocket every ``transport_retry_interval`` seconds (15)
+    and moves back when it gets through, by a reconnect that resumes: nothing is lost.
+    :attr:`transport` says which is in use; each change shows in :attr:`state_history`.
+
+    Liveness: a link silent for the broker's heartbeat interval plus ``heartbeat_grace``
+    (default half the interval) is dropped. Publishes wait for their ack in a queue of at
+    most ``max_queued_bytes`` (16 MiB; ``max_queued_publishes`` adds a count limit).
 
     ``fallback_urls``: other nodes of a cluster (brokers sharing a backplane). When the
     node in use refuses, times out or goes away, the next attempt goes to one of the others
     (at random, with the same backoff and jitter) and every channel resumes there from its
     last serial: the history is shared, so nothing is lost. :attr:`current_url` is the one
-    in use.
+    in use. An attempt that fails may change both: the next one goes to another node, over
+    the next transport when this one did not get through.
     """
 
     def __init__(
@@ -92,6 +104,9 @@ class Client(Observable):
         random_source: RandomSource | None = None,
         max_frame_size: int = 16 * 1024 * 1024,
         ssl: ssl_module.SSLContext | None = None,
+        transports: tuple[str, ...] | list[str] = TRANSPORTS,
+        transport_retry_interval: float = RETRY_INTERVAL,
+        fallback_after: int = FALLBACK_AFTER,
     ) -> None:
         super().__init__()
         if key is None and token is None and auth_callback is None:
@@ -116,7 +131,9 @@ class Client(Observable):
             connect_timeout=connect_timeout, heartbeat_grace=heartbeat_grace,
             backoff=self.backoff, suspended_retry_interval=suspended_retry_interval,
             connection_state_ttl=connection_state_ttl, max_queued_bytes=max_queued_bytes,
-            max_queued_publishes=max_queued_publishes, auth_timeout=auth_timeout)
+            max_queued_publishes=max_queued_publishes, auth_timeout=auth_timeout,
+            transports=check_transports(transports),
+            transport_retry_interval=transport_retry_interval, fallback_after=fallback_after)
         self._core = ClientCore(config, time.monotonic(), self._rng,
                                 RecoveryKey.decode(recover) if recover is not None else None,
                                 time.time() - time.monotonic())
@@ -124,7 +141,10 @@ class Client(Observable):
             if key is None else None
         self._channels: dict[str, Channel] = {}
         self._futures: dict[int, asyncio.Future[Any]] = {}
-        self._link: WebSocketLink | None = None
+        self._link: WebSocketLink | SseLink | None = None
+        self._probe: asyncio.Task[None] | None = None
+        #: Bytes received and sent by the links closed so far (see :attr:`bytes_received`).
+        self._bytes_done = [0, 0]
         self._link_id = 0
         self._opener: asyncio.Task[None] | None = None
         self._fetcher: asyncio.Task[None] | None = None
@@ -168,9 +188,30 @@ class Client(Observable):
         return s.connection_state_ttl if s else self._core.config.connection_state_ttl
 
     @property
-    def transport(self) -> str | None:
-        """The transport of the current link (``"websocket"``), None when there is none."""
-        return self._link.transport_name if self._link is not None else None
+    def transport(self) -> str:
+        """The transport in use: ``"websocket"`` or ``"sse"`` (that of the current link; with
+        no link, the one the next attempt will use)."""
+        if self._link is not None:
+            return self._link.transport_name
+        return self._core.transports.current
+
+    @property
+    def transports(self) -> tuple[str, ...]:
+        """The transports this client may use, in order of preference."""
+        return self._core.transports.order
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes received by this client's links so far (WebSocket frames with their headers;
+        over SSE, the event stream and the POSTs' responses)."""
+        link = self._link
+        return self._bytes_done[0] + (link.bytes_in if link is not None else 0)
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes sent by this client's links so far (over SSE, the POSTs)."""
+        link = self._link
+        return self._bytes_done[1] + (link.bytes_out if link is not None else 0)
 
     @property
     def token(self) -> str | None:
@@ -272,7 +313,9 @@ class Client(Observable):
 
     def _handle_rare(self, item: ev.Output) -> None:
         if isinstance(item, ev.OpenLink):
-            self._open_link(item.url)
+            self._open_link(item.url, item.transport)
+        elif isinstance(item, ev.Probe):
+            self._start_probe(item.url)
         elif isinstance(item, ev.AbortLink):
             if self._opener is not None:
                 self._opener.cancel()
@@ -366,15 +409,46 @@ class Client(Observable):
 
     # ---------------------------------------------------------------- links
 
-    def _open_link(self, url: str) -> None:
+    def _open_link(self, url: str, transport: str) -> None:
+        self._forget_link()
         self._link_id = link_id = self._core.link_id
-        link = WebSocketLink(url, lambda frames: self._on_frames(link_id, frames),
-                             lambda err: self._on_lost(link_id, err), self._max_frame_size,
-                             self._ssl)
+        kind = SseLink if transport == SSE else WebSocketLink
+        link = kind(url, lambda frames: self._on_frames(link_id, frames),
+                    lambda err: self._on_lost(link_id, err), self._max_frame_size, self._ssl)
         self._link = link
         self._opener = asyncio.get_running_loop().create_task(self._connect(link, link_id))
 
-    async def _connect(self, link: WebSocketLink, link_id: int) -> None:
+    def _forget_link(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            self._bytes_done[0] += link.bytes_in
+            self._bytes_done[1] += link.bytes_out
+
+    def _start_probe(self, url: str) -> None:
+        """Check whether a WebSocket gets through now: a handshake, closed at once."""
+        if self._probe is not None and not self._probe.done():
+            return
+
+        async def probe() -> None:
+            link = WebSocketLink(url, lambda text: None, lambda err: None, 1024, self._ssl)
+            ok = False
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    await link.connect()
+                ok = True
+            except (RtkitError, TimeoutError) as exc:
+                log.debug("WebSocket probe failed: %s", exc)
+            finally:
+                if ok:
+                    link.close(1000, "probe")
+                else:
+                    link.abort(ConnectionFailed("probe failed"))
+            self._core.probe_done(ok, self._now())
+            self._pump()
+
+        self._probe = asyncio.get_running_loop().create_task(probe())
+
+    async def _connect(self, link: WebSocketLink | SseLink, link_id: int) -> None:
         try:
             await link.connect()
         except Exception as exc:  # any failure to connect is retried
@@ -383,7 +457,7 @@ class Client(Observable):
                             exc_info=exc)
                 exc = ConnectionFailed(f"cannot connect to {self.url}: {exc!r}")
             if self._link is link:
-                self._link = None
+                self._forget_link()
             link.abort(exc)
             self._core.link_failed(link_id, exc, self._now())
         else:
@@ -411,7 +485,7 @@ class Client(Observable):
 
     def _on_lost(self, link_id: int, err: RtkitError) -> None:
         if link_id == self._link_id:
-            self._link = None
+            self._forget_link()
             self._core.link_lost(link_id, err, self._now())
             self._pump()
 
@@ -477,14 +551,14 @@ class Client(Observable):
     def _closed(self) -> None:
         """The core reached ``closed``: end what the driver runs for it (whoever closed).
         A connect() made later starts afresh."""
-        for task in (self._opener, self._fetcher):
+        for task in (self._opener, self._fetcher, self._probe):
             if task is not None and task is not asyncio.current_task() and not task.done():
                 task.cancel()
                 self._dying.append(task)
-        self._opener = self._fetcher = None
+        self._opener = self._fetcher = self._probe = None
         if self._link is not None:
             self._link.abort(ConnectionClosed("closed"))
-            self._link = None
+            self._forget_link()
         for channel in self._channels.values():
             channel._close_all()
 

@@ -8,7 +8,11 @@ flooder, one whose requests were refused for the rate, waits :data:`FLOOD_PAUSE`
 core sends is queued per connection by the broker and written once per event-loop
 iteration, one ``write`` for everything this connection gets (see ``rtkit.aio.broker``).
 
-Requests that are not a WebSocket upgrade go to the broker's HTTP handler.
+Requests that are not a WebSocket upgrade go to the broker's HTTP handler
+(``rtkit.aio.httpapi``): it answers with :meth:`Connection.respond` (the connection is kept
+alive for the next request when the client allows it, as the SSE transport's POSTs need), or
+turns the connection into a long response with :meth:`Connection.start_stream` (an event
+stream: the bytes queued in ``out`` by the broker's flush are written as they come).
 """
 
 from __future__ import annotations
@@ -39,7 +43,14 @@ CLOSE_TIMEOUT = 2.0
 #: Largest HTTP request head accepted (h11 answers 431 beyond it).
 MAX_REQUEST_HEAD = 16 * 1024
 
-HTTP, WEBSOCKET, CLOSING, CLOSED = range(4)
+#: Seconds an idle keep-alive connection waits for its next request (at least; see
+#: :meth:`Connection.keepalive_timeout`).
+KEEPALIVE_IDLE = 30.0
+
+#: Modes of a connection. STREAM: a long HTTP response (an event stream) is being written.
+#: SSE and EVENTS are the modes of the session transports of ``rtkit.aio.ssesession`` (the
+#: broker's flush tells its targets apart by ``mode``).
+HTTP, WEBSOCKET, CLOSING, CLOSED, STREAM, SSE, EVENTS = range(7)
 
 
 class Connection(asyncio.Protocol):
@@ -65,8 +76,15 @@ class Connection(asyncio.Protocol):
         self._turn_pause: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._reading_paused = False
-        #: Set by an HTTP handler that keeps the connection (a stream): it gets the data.
-        self.on_http_data: Any = None
+        #: What a STREAM connection carries (an SSE session's or a channel's event stream):
+        #: told when the connection drains or is lost.
+        self.owner: Any = None
+        #: A request is being handled (a POST whose frames wait for a replay): the next one
+        #: is read only after the response.
+        self.busy = False
+        self.last_write = 0.0
+        self._head_only = False
+        self._in_events = False
 
     # ---------------------------------------------------------------- asyncio.Protocol
 
@@ -90,6 +108,7 @@ class Connection(asyncio.Protocol):
             self._closing_frames(data)
         elif self.mode == HTTP:
             self._http_data(data)
+        # STREAM: the client has nothing more to say on a stream's connection; ignored.
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -109,45 +128,90 @@ class Connection(asyncio.Protocol):
         self.writable = True
         if self.session is not None and self.session.streams:
             self.broker.pump(self)
+        elif self.owner is not None:
+            self.owner.drained()
+        elif self.mode == HTTP and not self.busy and self._turn_pause is None:
+            self._next_http_turn()  # answers drained: the pipelined requests go on
 
     # ---------------------------------------------------------------- HTTP
 
     def _http_data(self, data: bytes) -> None:
-        if self.on_http_data is not None:
-            self.on_http_data(data)
-            return
         conn = self._http
-        assert conn is not None
+        if conn is None:
+            return
         conn.receive_data(data)
-        while self.mode == HTTP:
+        self._http_events()
+
+    def _http_events(self) -> None:
+        """Handle the requests received, one at a time (a pipelined request waits for the
+        answer to the one before it). Not re-entered: an answer given while handling a
+        request lets this loop go on to the next one."""
+        if self._in_events:
+            return
+        self._in_events = True
+        try:
+            self._next_requests()
+        finally:
+            self._in_events = False
+
+    def _next_requests(self) -> None:
+        conn = self._http
+        handled = 0
+        while self.mode == HTTP and conn is not None and not self.busy:
+            if handled and (not self.writable or handled >= TURN_FRAMES):
+                # Pipelined requests: the next ones wait until the answers so far have
+                # drained (memory stays bounded), or for their turn (the others run).
+                self._set_reading(False)
+                if self.writable:
+                    self._turn_pause = asyncio.get_running_loop().call_soon(
+                        self._next_http_turn)
+                return
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
-                self.respond(exc.error_status_hint, b"bad HTTP request\n")
+                self.respond(exc.error_status_hint, _error_json(40000, "bad HTTP request"),
+                             close=True, content_type=JSON)
                 return
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
                 self._request = event
+                self._head_only = event.method == b"HEAD"
+                self._arm_timer(self.broker.config.auth_timeout)  # the body comes in time
             elif isinstance(event, h11.Data):
                 self._body.append(bytes(event.data))
-                if sum(map(len, self._body)) > self.broker.config.max_frame_size:
-                    self.respond(413, b"request body too large\n")
+                if sum(map(len, self._body)) > self.max_body():
+                    self.respond(413, _error_json(42902, "request body too large"),
+                                 close=True, content_type=JSON)
                     return
             elif isinstance(event, h11.EndOfMessage):
+                handled += 1
                 self._upgrade_or_handle()
-                return
             elif isinstance(event, h11.ConnectionClosed):
                 self.close_transport()
                 return
+
+    def _next_http_turn(self) -> None:
+        self._turn_pause = None
+        if self.mode == HTTP and not self.busy:
+            self._set_reading(True)
+            self._http_events()
+
+    def max_body(self) -> int:
+        """Largest request body accepted: a frame, or a batch of frames of at most that."""
+        return self.broker.config.max_frame_size + 64
 
     def _upgrade_or_handle(self) -> None:
         request, self._request = self._request, None
         assert request is not None
         body, self._body = b"".join(self._body), []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if _is_upgrade(request):
             self._upgrade(request)
         else:
+            self.busy = True
             self.broker.http_request(self, request, body)
 
     def _upgrade(self, request: h11.Request) -> None:
@@ -156,7 +220,7 @@ class Connection(asyncio.Protocol):
         if headers.get("sec-websocket-version") != "13" or not ws.valid_key(key):
             self.respond(400, b"a WebSocket upgrade needs Sec-WebSocket-Version: 13 and a "
                               b"valid Sec-WebSocket-Key\n",
-                         [("Sec-WebSocket-Version", "13")])
+                         [("Sec-WebSocket-Version", "13")], close=True)
             return
         err = self.broker.admit(self, headers.get("origin"))
         if err is not None:
@@ -179,17 +243,81 @@ class Connection(asyncio.Protocol):
             self._frames(bytes(trailing))
 
     def respond(self, status: int, body: bytes, headers: list[tuple[str, str]] | None = None,
-                content_type: str = "text/plain; charset=utf-8") -> None:
-        """Answer the request with a whole response and close the connection."""
-        if self.transport is None or self.transport.is_closing():
+                content_type: str = "text/plain; charset=utf-8", close: bool = False) -> None:
+        """Answer the request with a whole response. The connection stays open for the next
+        request when the client allows it (HTTP/1.1 keep-alive) and ``close`` is false."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.mode != HTTP:
             return
+        conn = self._http
+        self.busy = False
+        head = [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                *(headers or ())]
+        if not close and conn is not None and conn.our_state is h11.SEND_RESPONSE \
+                and conn.their_state is h11.DONE:
+            try:
+                data = conn.send(h11.Response(status_code=status, headers=head,
+                                              reason=_REASONS.get(status, "")))
+                if body and not self._head_only:
+                    data += conn.send(h11.Data(data=body))
+                data += conn.send(h11.EndOfMessage())
+            except h11.LocalProtocolError:
+                pass
+            else:
+                self.last_write = time.monotonic()
+                transport.write(data)
+                if _cycle_done(conn):
+                    conn.start_next_cycle()
+                    self._set_reading(True)
+                    self._arm_timer(self.keepalive_timeout())
+                    self._http_events()  # a request already received (pipelined)
+                    return
+                self.mode = CLOSED
+                self.close_transport()
+                return
         reason = _REASONS.get(status, "")
-        head = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {content_type}",
-                f"Content-Length: {len(body)}", "Connection: close",
-                *(f"{k}: {v}" for k, v in headers or ())]
-        self.transport.write("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body)
+        lines = [f"HTTP/1.1 {status} {reason}", *(f"{k}: {v}" for k, v in head),
+                 "Connection: close"]
+        transport.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body)
         self.mode = CLOSED
         self.close_transport()
+
+    def keepalive_timeout(self) -> float:
+        """How long an idle keep-alive connection waits for its next request: at least
+        :data:`KEEPALIVE_IDLE`, and two heartbeat intervals (an SSE client posts at least a
+        heartbeat every interval)."""
+        c = self.broker.config
+        return max(KEEPALIVE_IDLE, 2 * c.heartbeat_interval, c.auth_timeout)
+
+    def start_stream(self, owner: Any, headers: list[tuple[str, str]],
+                     status: int = 200) -> None:
+        """Answer with a long response (no length: it ends when the connection closes) whose
+        body is written as the broker flushes ``out``; ``owner`` is told when the connection
+        drains (``drained()``) and when it is lost (``stream_lost(conn)``)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self.busy = False
+        self._http = None  # no further requests on this connection
+        self.mode = STREAM
+        self.owner = owner
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}",
+                 *(f"{k}: {v}" for k, v in headers), "Connection: close"]
+        self.last_write = time.monotonic()
+        transport.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n")
+        self._set_reading(True)
+
+    def pause(self) -> None:
+        """Stop reading this connection's socket (a request is waiting for its turn)."""
+        self._set_reading(False)
+
+    def _arm_timer(self, seconds: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._request_timeout)
 
     # ---------------------------------------------------------------- WebSocket frames
 
@@ -303,6 +431,13 @@ class Connection(asyncio.Protocol):
             return
         transport.write(out[0] if len(out) == 1 else b"".join(out))
 
+    def write(self, data: bytes) -> None:
+        """Write ``data`` now (a STREAM's bytes)."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and self.mode == STREAM:
+            self.last_write = time.monotonic()
+            transport.write(data)
+
     def send_control(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
@@ -311,7 +446,7 @@ class Connection(asyncio.Protocol):
         """Start the closing handshake: our close frame, then wait for the peer's (at most
         :data:`CLOSE_TIMEOUT`)."""
         if self.mode != WEBSOCKET:
-            if self.mode == HTTP:
+            if self.mode in (HTTP, STREAM):
                 self.close_transport()
             return
         self.flush_out()
@@ -337,9 +472,21 @@ class Connection(asyncio.Protocol):
 
     def _request_timeout(self) -> None:
         self._timer = None
-        if self.mode == HTTP and self.on_http_data is None:
-            log.info("no complete request from %s in time", self.address)
+        if self.mode == HTTP and not self.busy:
+            log.debug("no complete request from %s in time", self.address)
             self.abort()
+
+
+JSON = "application/json"
+
+
+def _error_json(code: int, message: str) -> bytes:
+    return b'{"error":{"code":%d,"message":"%s"}}\n' % (code, message.encode())
+
+
+def _cycle_done(conn: h11.Connection) -> bool:
+    """Both sides finished the request and response: the connection can be reused."""
+    return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
 
 def _control(msg: ws.Message) -> bytes:

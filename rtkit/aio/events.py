@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -33,8 +34,15 @@ class Observable:
 
     @property
     def state_history(self) -> list[StateChange]:
-        """Every state change so far (bounded), oldest first."""
-        return list(self._core.machine.history)
+        """Every state change so far (bounded), oldest first.
+
+        ``at`` is wall-clock time (``time.time()``), for display and DataFrames; the core
+        records changes on the monotonic clock, and the gaps between them are kept exact."""
+        return [self._wall(c) for c in self._core.machine.history]
+
+    def _wall(self, change: StateChange) -> StateChange:
+        """``change`` with ``at`` moved from the core's monotonic clock to wall-clock time."""
+        return dataclasses.replace(change, at=change.at + self._core.credentials.wall_offset)
 
     def on_state_change(self, callback: StateListener) -> Callable[[], None]:
         """Call ``callback(change)`` on every state change; returns a function to stop."""
@@ -67,6 +75,7 @@ class Observable:
                     return
 
     def _notify(self, change: StateChange) -> None:
+        change = self._wall(change)
         log.info("%s -> %s (%s)", change.previous, change.current, change.reason)
         for listener in list(self._listeners):
             try:

@@ -1,10 +1,14 @@
 """A small HTTP/1.1 client on asyncio streams, with h11 doing the protocol (sans I/O).
 
-One request per connection, no pool: enough for a long-lived event stream (read the body
-chunk by chunk as it arrives) and for the occasional POST. Redirects are followed (GET after
-a 303); TLS uses the default verifying context unless ``ssl=`` gives one. Any failure to get
-a response raises :class:`~rtkit.ConnectionFailed`; a body cut short raises
-:class:`~rtkit.Disconnected`. Proxies from the environment are not used.
+:func:`request` makes one request per connection, no pool: enough for a long-lived event
+stream (read the body chunk by chunk as it arrives) and for the occasional POST.
+:class:`KeepAlive` sends a series of requests, one at a time, on one kept-alive connection
+(the SSE transport's POSTs), opening a new one whenever the last one was closed.
+
+:func:`request` follows redirects (GET after a 303); TLS uses the default verifying context
+unless ``ssl=`` gives one. Any failure to get a response raises
+:class:`~rtkit.ConnectionFailed`; a body cut short raises :class:`~rtkit.Disconnected`.
+Proxies from the environment are not used.
 
     response = await http.request("GET", url, headers={"Accept": "text/event-stream"})
     async for chunk in response.chunks():
@@ -196,3 +200,102 @@ async def get_json(url: str, *, headers: Mapping[str, str] | None = None,
         return json.loads(body)
     except ValueError as exc:
         raise ProtocolError(f"{url} did not answer JSON: {exc}", code=40001) from None
+
+
+class KeepAlive:
+    """Requests to one origin, one at a time, on one HTTP/1.1 connection kept open between
+    them (a new one is opened when the server or a proxy closed it). No retries: a request
+    that fails raises :class:`~rtkit.ConnectionFailed` (and the connection is dropped)."""
+
+    def __init__(self, url: str, ssl: ssl_module.SSLContext | None = None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConnectionFailed(f"cannot request {url!r}: give an http:// or https:// URL")
+        self.url = url
+        self.secure = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.secure else 80)
+        default = self.port == (443 if self.secure else 80)
+        self.authority = self.host if default else f"{self.host}:{self.port}"
+        self._ssl = ssl
+        self._conn: h11.Connection | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self.connections = 0  # opened so far
+        self.bytes_out = 0
+        self.bytes_in = 0
+
+    async def request(self, method: str, target: str, headers: Mapping[str, str],
+                      body: bytes = b"", limit: int = 1024 * 1024
+                      ) -> tuple[int, dict[str, str], bytes]:
+        """Send one request; returns (status, headers with lowercase names, body)."""
+        if self._writer is None or self._writer.transport.is_closing():
+            await self._open()
+        conn, reader, writer = self._conn, self._reader, self._writer
+        assert conn is not None and reader is not None and writer is not None
+        sent = [("Host", self.authority), ("User-Agent", USER_AGENT),
+                ("Content-Length", str(len(body))), *headers.items()]
+        try:
+            out = conn.send(h11.Request(method=method, target=target, headers=sent))
+            if body:
+                out += conn.send(h11.Data(data=body))
+            out += conn.send(h11.EndOfMessage())
+            writer.write(out)
+            self.bytes_out += len(out)
+            status, found, parts, size = 0, {}, [], 0
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = await reader.read(READ_SIZE)
+                    self.bytes_in += len(data)
+                    conn.receive_data(data)
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    for name, value in event.headers:
+                        key = name.decode("latin-1").lower()
+                        found[key] = value.decode("latin-1")
+                elif isinstance(event, h11.Data):
+                    if size < limit:
+                        parts.append(bytes(event.data)[: limit - size])
+                    size += len(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise ConnectionFailed(f"{self.url} closed the connection")
+        except (h11.ProtocolError, OSError) as exc:
+            self.abort()
+            raise ConnectionFailed(f"request to {self.url} failed: {exc}") from None
+        except BaseException:
+            self.abort()
+            raise
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+        else:
+            self.abort()
+        return status, found, b"".join(parts)
+
+    async def _open(self) -> None:
+        context = (self._ssl or ssl_module.create_default_context()) if self.secure else None
+        try:
+            self._reader, self._writer = await asyncio.open_connection(
+                self.host, self.port, ssl=context,
+                server_hostname=self.host if self.secure else None, limit=READ_SIZE * 2)
+        except OSError as exc:
+            raise ConnectionFailed(f"cannot connect to {self.url}: {exc}") from None
+        self._conn = h11.Connection(h11.CLIENT)
+        self.connections += 1
+
+    def abort(self) -> None:
+        """Drop the connection now (the next request opens another)."""
+        writer, self._writer = self._writer, None
+        self._reader = self._conn = None
+        if writer is not None:
+            writer.transport.abort()
+
+    async def close(self) -> None:
+        writer, self._writer = self._writer, None
+        self._reader = self._conn = None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)

@@ -130,7 +130,10 @@ class WebSocketLink(asyncio.BufferedProtocol):
                 server_hostname=uri.host if uri.secure else None)
             await self._handshake
         except (OSError, InvalidHandshake, ssl_module.SSLError) as exc:
-            err = refusal(exc) or ConnectionFailed(f"cannot connect to {self.url}: {exc}")
+            err = refusal(exc) or ConnectionFailed(
+                f"cannot connect to {self.url}: {exc}",
+                # Connected, then the upgrade broke: the WebSocket itself does not get through.
+                code=80004 if self._transport is not None else 80000)
             self.abort(err)
             raise err from exc
         except asyncio.CancelledError:

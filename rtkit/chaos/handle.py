@@ -76,9 +76,49 @@ class FaultProxy:
         self._call(apply)
 
     def block_websockets(self, block: bool = True) -> None:
-        """Answer WebSocket upgrade requests with 403 (as some corporate proxies do)."""
+        """Answer WebSocket upgrade requests with 403 (as some corporate proxies do); plain
+        HTTP (the SSE transport, REST) is still relayed."""
         def apply() -> None:
             self._server.plan.block_websocket = block
+        self._call(apply)
+
+    def strip_upgrade(self, strip: bool = True) -> None:
+        """Forward WebSocket upgrade requests without their ``Upgrade`` header (as proxies
+        that do not know WebSockets do): the broker answers 426, the client falls back."""
+        def apply() -> None:
+            self._server.plan.strip_upgrade = strip
+        self._call(apply)
+
+    def buffer_responses(self, size: int | None = 8192, honor_header: bool = True) -> None:
+        """Hold each HTTP response of connections opened from now on until ``size`` bytes
+        have gathered or it ends, again and again, as nginx's proxy buffering does; a
+        response with ``X-Accel-Buffering: no`` passes at once when ``honor_header``. None
+        stops buffering (for new connections)."""
+        self._set_buffering(None if size is None else ("all", size), honor_header)
+
+    def hold_response_start(self, size: int | None = 2048) -> None:
+        """Hold the first ``size`` bytes of each HTTP response of connections opened from
+        now on (some proxies and antivirus filters): an event stream gets through only if
+        it starts with that much (rtkit's begins with a 2 KB padding comment)."""
+        self._set_buffering(None if size is None else ("start", size), False)
+
+    def _set_buffering(self, mode: tuple[str, int] | None, honor_header: bool) -> None:
+        if mode is not None and mode[1] < 1:
+            raise ValueError("size must be >= 1 byte")
+
+        def apply() -> None:
+            self._server.plan.buffering = mode
+            self._server.plan.buffering_honors_header = honor_header
+        self._call(apply)
+
+    def kill_idle(self, seconds: float | None = 60.0) -> None:
+        """Reset connections with no bytes either way for ``seconds`` (many proxies and
+        load balancers cut idle HTTP connections after about a minute); None stops it."""
+        if seconds is not None and seconds <= 0:
+            raise ValueError("seconds must be > 0 (or None)")
+
+        def apply() -> None:
+            self._server.plan.idle_timeout = seconds
         self._call(apply)
 
     def heal(self) -> None:
@@ -92,7 +132,8 @@ class FaultProxy:
         return self._call(lambda: self._server.plan.describe(time.monotonic()))
 
     def stats(self) -> dict[str, Any]:
-        """Totals: connections, refused, dropped, blocked, open, bytes each way."""
+        """Totals: connections, refused, dropped, blocked, stripped (upgrades forwarded
+        without Upgrade), idle_killed, open, bytes each way."""
         def collect() -> dict[str, Any]:
             s = self._server
             return {**s.totals, "open": len(s.relays),

@@ -10,7 +10,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from rtkit.core.faults import FaultPlan, Pipe, is_websocket_upgrade
+from rtkit.core.faults import FaultPlan, Pipe, ResponseBuffer, is_websocket_upgrade, strip_upgrade
 
 log = logging.getLogger("rtkit.chaos")
 FORBIDDEN = (b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 29\r\n"
@@ -28,7 +28,8 @@ class ConnStats:
     bytes_up: int = 0  # client -> broker
     bytes_down: int = 0  # broker -> client
     chunks: int = 0
-    outcome: str = "open"  # open, closed, dropped, refused, blocked, upstream-failed
+    #: open, closed, dropped, refused, blocked, idle-killed, upstream-failed
+    outcome: str = "open"
 
 
 @dataclass
@@ -36,6 +37,9 @@ class Relay:
     stats: ConnStats
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Holds back responses (a buffering proxy), when the plan said so at accept time.
+    buffer: ResponseBuffer | None = None
+    last_active: float = 0.0  # monotonic time of the last byte either way
 
 
 class ProxyServer:
@@ -47,18 +51,25 @@ class ProxyServer:
         self.rng = random.Random(seed)
         self.relays: dict[int, Relay] = {}
         self.history: list[ConnStats] = []
-        self.totals = {"connections": 0, "refused": 0, "dropped": 0, "blocked": 0}
+        self.totals = {"connections": 0, "refused": 0, "dropped": 0, "blocked": 0,
+                       "stripped": 0, "idle_killed": 0}
         self._server: asyncio.Server | None = None
+        self._watch: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self.host, self.port = "", 0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._server = await asyncio.start_server(self._accept, host, port)
         self.host, self.port = self._server.sockets[0].getsockname()[:2]
+        self._watch = asyncio.get_running_loop().create_task(self._watch_idle())
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         self.drop_all(outcome="closed")
         if self._handlers:
             await asyncio.gather(*self._handlers, return_exceptions=True)
@@ -99,7 +110,10 @@ class ProxyServer:
             self.totals["refused"] += 1
             writer.transport.abort()
             return
-        relay = Relay(stats, [writer])
+        relay = Relay(stats, [writer], last_active=time.monotonic())
+        if self.plan.buffering is not None:
+            mode, size = self.plan.buffering
+            relay.buffer = ResponseBuffer(mode, size, self.plan.buffering_honors_header)
         self.relays[stats.id] = relay
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
@@ -128,7 +142,12 @@ class ProxyServer:
                 await self._wait_blackhole()
                 data = await reader.read(65536)
                 if not data:
+                    if not upstream and relay.buffer is not None:
+                        tail = relay.buffer.end()
+                        if tail:
+                            await queue.put((time.monotonic(), tail))
                     break
+                relay.last_active = time.monotonic()
                 if first:
                     first = False
                     if plan.block_websocket and is_websocket_upgrade(data):
@@ -138,10 +157,17 @@ class ProxyServer:
                             await relay.writers[0].drain()
                         self._end(relay, "blocked")
                         return
+                    if plan.strip_upgrade and is_websocket_upgrade(data):
+                        self.totals["stripped"] += 1
+                        data = strip_upgrade(data)
                 if upstream:
                     relay.stats.bytes_up += len(data)
                 else:
                     relay.stats.bytes_down += len(data)
+                    if relay.buffer is not None:
+                        data = relay.buffer.feed(data)
+                        if not data:
+                            continue
                 relay.stats.chunks += 1
                 await queue.put((pipe.schedule(len(data), time.monotonic(), plan, self.rng), data))
         except (ConnectionError, OSError):
@@ -167,7 +193,21 @@ class ProxyServer:
                 await asyncio.sleep(delay)
             await self._wait_blackhole()
             writer.write(data)
+            relay.last_active = time.monotonic()
             await writer.drain()
+
+    async def _watch_idle(self) -> None:
+        """Reset connections idle for longer than the plan's ``idle_timeout``."""
+        while True:
+            timeout = self.plan.idle_timeout
+            await asyncio.sleep(0.25 if timeout is None else min(0.25, timeout / 5))
+            if timeout is None:
+                continue
+            now = time.monotonic()
+            for relay in list(self.relays.values()):
+                if now - relay.last_active > timeout:
+                    self.totals["idle_killed"] += 1
+                    self._end(relay, "idle-killed")
 
     async def _wait_blackhole(self) -> None:
         while True:

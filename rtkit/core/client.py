@@ -12,7 +12,8 @@ backoff, liveness, suspension — is made here or in the parts it is composed of
 * :class:`~rtkit.core.requests.Requests` (refs, operations, deadlines);
 * :class:`~rtkit.core.publishing.Publishing` (the outbox, pacing, acks);
 * :class:`~rtkit.core.renewal.Renewal` and :class:`~rtkit.core.credentials.Credentials`;
-* :class:`~rtkit.core.schedule.Schedule` (backoff, TTL, liveness, probes).
+* :class:`~rtkit.core.schedule.Schedule` (backoff, TTL, liveness, probes);
+* :class:`~rtkit.core.transports.TransportPicker` (the transport of each attempt).
 
 Operations return an ``op`` number; their outcome arrives later as ``OpDone``/``OpFailed``.
 The frames the broker sends are handled in :mod:`rtkit.core.client_input`.
@@ -31,6 +32,7 @@ from rtkit.core.client_events import (
     OpenLink,
     OpFailed,
     Output,
+    Probe,
     Problem,
     Resumed,
     StateChanged,
@@ -45,6 +47,7 @@ from rtkit.core.requests import Pending, Requests, Waiting
 from rtkit.core.schedule import Pulse, Schedule
 from rtkit.core.states import ConnectionState, StateChange, StateMachine, Trigger
 from rtkit.core.timing import Liveness, RandomSource
+from rtkit.core.transports import TransportPicker
 from rtkit.errors import (
     ConnectionClosed,
     ConnectionFailed,
@@ -81,6 +84,11 @@ class ClientCore:
         self.publishing = Publishing(self.outbox, self.requests, self.out)
         self.schedule = Schedule(config.backoff, rng, config.suspended_retry_interval, now)
         self.channels: dict[str, ChannelCore] = {}
+        self.transports = TransportPicker(config.transports, config.transport_retry_interval,
+                                          config.fallback_after)
+        #: The transport of the latest link opened (or being opened).
+        self.link_transport = self.transports.current
+        self._attempt_opened = False  # the failed attempt's link had opened
         self.resume_key: str | None = None
         self.last_rtt: float | None = None
         self.last_resume: Resumed | None = None
@@ -125,7 +133,10 @@ class ClientCore:
 
     def transition(self, trigger: Trigger, reason: str, now: float,
                    error: RtkitError | None = None) -> StateChange:
-        change = self.machine.apply(trigger, reason, now, error)
+        # connecting: the transport about to be tried; otherwise the latest link's.
+        transport = self.transports.current if trigger in (Trigger.CONNECT, Trigger.RETRY) \
+            else self.link_transport
+        change = self.machine.apply(trigger, reason, now, error, transport)
         self.out.append(StateChanged(change))
         return change
 
@@ -297,6 +308,7 @@ class ClientCore:
         state = self.state
         if state in (S.INITIALIZED, S.CLOSED, S.FAILED):
             self.schedule.fresh()
+            self.transports.reset()
             self.transition(Trigger.CONNECT, "connect() called", now)
             self._start_attempt(now)
         elif state in (S.DISCONNECTED, S.SUSPENDED):
@@ -305,6 +317,7 @@ class ClientCore:
 
     def reconnect(self, now: float) -> None:
         """Drop the link now and reconnect at once (no backoff), resuming."""
+        self.transports.reset()
         if self.state is S.CONNECTED:
             self.schedule.retry_now = True
             err = Disconnected("reconnect() called")
@@ -382,7 +395,8 @@ class ClientCore:
         self.link_open = False
         self.close_error = None
         self.schedule.attempt_deadline = now + self.config.connect_timeout
-        self.out.append(OpenLink(self.url))
+        self.link_transport = self.transports.current
+        self.out.append(OpenLink(self.url, self.link_transport))
 
     @property
     def link_id(self) -> int:
@@ -404,6 +418,17 @@ class ClientCore:
         self.requests.send(fr.Connect, Pending("connect", None, None, now),
                            client_id=self.config.client_id, resume=self.resume_key, **creds)
 
+    def probe_done(self, ok: bool, now: float) -> None:
+        """The driver's :class:`Probe` of the preferred transport ended (``ok``: it got
+        through): if so, move back to it by reconnecting and resuming now."""
+        if not self.transports.probe_result(ok, now) or self.state is not S.CONNECTED:
+            return
+        preferred = self.transports.preferred
+        self.schedule.retry_now = True
+        err = Disconnected(f"moving back to {preferred}: it gets through again")
+        self.out.append(AbortLink(err))
+        self.link_down(self._link, err, now, report=False)
+
     def link_failed(self, link: int, error: RtkitError, now: float) -> None:
         """The link asked for could not be opened."""
         self.link_down(link, error, now)
@@ -417,6 +442,7 @@ class ClientCore:
             return  # an old link's last words
         err = self.close_error or error
         self._link = 0
+        self._attempt_opened = self.link_open
         self.link_open = False
         self.close_error = None
         self.outbox.transport_lost()
@@ -432,6 +458,7 @@ class ClientCore:
             if err.code == 50001:  # the broker is shutting down: another node at once
                 self._next_url()
             self.schedule.lost(now)
+            self.transports.disconnected()
             if report:
                 self.out.append(Problem(err, "connection lost"))
             self.transition(Trigger.TRANSPORT_LOST, err.message, now, err)
@@ -442,6 +469,7 @@ class ClientCore:
     def _attempt_failed(self, err: RtkitError, now: float, report: bool = True) -> None:
         if self.state is not S.CONNECTING:
             return
+        opened, self._attempt_opened = self.link_open or self._attempt_opened, False
         if self._link:
             self.out.append(AbortLink(err))
             self._link = 0
@@ -454,6 +482,10 @@ class ClientCore:
         self._next_url()
         self.schedule.failed(now)
         reason = f"connect failed: {err.message}"
+        switched = self.transports.attempt_failed(self.link_transport, err, opened)
+        if switched is not None:
+            reason += f" ({switched})"
+            self.schedule.retry_now = True  # the other transport is tried at once
         if self.schedule.ttl_passed(now, self._ttl()):
             self.transition(Trigger.TTL_EXPIRED, reason, now, err)  # (still) suspended
             self._suspended(now)
@@ -537,7 +569,9 @@ class ClientCore:
         self.outbox.pace(f.limits.get("publish_rate"), f.limits.get("publish_burst"), now)
         self.stats["connects"] += 1
         self.stats["resumed"] += f.resumed
-        reason = f"connected as {f.connection_id}" + (" (resumed)" if f.resumed else "")
+        self.transports.connected(self.link_transport, now)
+        reason = f"connected as {f.connection_id} over {self.link_transport}" + (
+            " (resumed)" if f.resumed else "")
         if resumed_asked and not f.resumed:
             reason += ": the broker could not resume the connection; channels resume " \
                       "from their last serial"
@@ -601,6 +635,7 @@ class ClientCore:
             times.append(sched.close_deadline)
         elif state is S.CONNECTED:
             times += sched.connected_deadlines()
+            times.append(self.transports.deadline())
             times.append(self.publishing.flush_at)
             if creds.fetch is None:
                 times.append(self.renewal.due(sched.last_poll))
@@ -655,6 +690,8 @@ class ClientCore:
             self.out.append(AbortLink(err))
             self.link_down(self._link, err, now)
             return
+        if self.transports.probe_due(now):
+            self.out.append(Probe(self.url, self.transports.preferred))
         if sched.ping_due(now):
             self.requests.trim_pings()
             self.requests.send(fr.Heartbeat, Pending("ping", None, None, now))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from rtkit.core.outbox import DEFAULT_MAX_QUEUED_BYTES
 from rtkit.core.timing import Backoff
+from rtkit.core.transports import FALLBACK_AFTER, RETRY_INTERVAL, TRANSPORTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,12 @@ class ClientConfig:
     max_queued_publishes: int | None = None
     auth_timeout: float = 10.0
     close_timeout: float = 2.0
+    #: Transports in order of preference (see ``rtkit.core.transports``).
+    transports: tuple[str, ...] = TRANSPORTS
+    #: Seconds between probes of the preferred transport while connected over another.
+    transport_retry_interval: float = RETRY_INTERVAL
+    #: Failed attempts in a row after which the next transport is tried.
+    fallback_after: int = FALLBACK_AFTER
 
 
 @dataclass(slots=True)

@@ -9,6 +9,8 @@ Effects, for the driver to perform:
   (then call ``link_lost``).
 * :class:`FetchToken`: call the application's ``auth_callback`` (then ``token_obtained`` or
   ``token_failed``).
+* :class:`Probe`: check whether ``transport`` gets through to ``url`` now (a WebSocket
+  handshake closed at once; then ``probe_done``).
 
 Events, for the application:
 
@@ -69,6 +71,12 @@ class CloseLink:
 @dataclass(frozen=True, slots=True)
 class AbortLink:
     error: RtkitError
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    url: str
+    transport: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +158,7 @@ class Resumed:
     replayed: int  # messages delivered by the broker's replays
 
 
-Effect = Send | OpenLink | CloseLink | AbortLink | FetchToken
+Effect = Send | OpenLink | CloseLink | AbortLink | FetchToken | Probe
 Event = (StateChanged | ChannelChanged | Deliver | Lost | PresenceChanged | OpDone | OpFailed
          | Problem | Measured | Resumed)
 Output = Effect | Event

@@ -44,6 +44,8 @@ class Credentials:
         #: A token obtained since the last successful connect is presented as it is: the
         #: broker judges it (our clock may be off; we learn by how much when connected).
         self.fresh = False
+        #: When (our monotonic clock) the current token was obtained.
+        self.obtained_mono: float | None = None
         self.synced_once = False
         #: When (broker wall clock) the current token was obtained from the callback.
         self.obtained_at: float | None = None
@@ -131,7 +133,7 @@ class Credentials:
         # and the token still works, or it was just fetched.
         due = renew_at is not None and renew_at <= now and not self.failures
         usable = self.token is not None and not self.rejected and (
-            self.fresh or (not self.expired(now) and not due))
+            self._fresh_and_alive(now) or (not self.expired(now) and not due))
         if usable:
             assert self.token is not None
             self.presented = self.token
@@ -141,6 +143,19 @@ class Credentials:
                 return AuthError(code=40106)
             return TokenExpired("the token has expired and no auth_callback can renew it")
         return None
+
+    def _fresh_and_alive(self, now: float) -> bool:
+        """A fresh token, with some of its life left by our monotonic clock: its lifetime
+        (``exp - iat``, whatever the issuer's clock) counted from when we obtained it. A
+        fresh token kept through failed attempts can outlive itself; presenting it then
+        would only have the broker refuse it."""
+        if not self.fresh:
+            return False
+        if self.claims is None or self.obtained_mono is None:
+            return True  # opaque: the broker judges it
+        lifetime = self.claims.expires_at - self.claims.issued_at
+        margin = min(EXPIRY_MARGIN, lifetime / 4)
+        return now < self.obtained_mono + lifetime - margin
 
     # ---------------------------------------------------------------- fetching
 
@@ -166,6 +181,7 @@ class Credentials:
         self.renewals += 1
         self.failures, self.retry_at = 0, None
         self.fresh = True
+        self.obtained_mono = now
         if not self.synced_once and self.claims is not None:
             # Not connected yet: take the token issuer's clock as the broker's (the token
             # was issued just now), so a skewed local clock does not make it look stale.

@@ -98,7 +98,9 @@ class InvalidTransition(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class StateChange:
-    """One transition: from ``previous`` to ``current`` at ``at`` (seconds, caller's clock)."""
+    """One transition: from ``previous`` to ``current`` at ``at`` (seconds, caller's clock).
+    ``transport`` is the transport of the link the change is about (``"websocket"`` or
+    ``"sse"``; for ``connected``, the one connected over)."""
 
     previous: ConnectionState
     current: ConnectionState
@@ -106,6 +108,7 @@ class StateChange:
     reason: str
     at: float
     error: RtkitError | None = None
+    transport: str | None = None
 
 
 class StateMachine:
@@ -124,13 +127,14 @@ class StateMachine:
         return trigger in TRANSITIONS[self.state]
 
     def apply(
-        self, trigger: Trigger, reason: str, now: float, error: RtkitError | None = None
+        self, trigger: Trigger, reason: str, now: float, error: RtkitError | None = None,
+        transport: str | None = None,
     ) -> StateChange:
         """Apply ``trigger``; raises :class:`InvalidTransition` if the table forbids it."""
         target = TRANSITIONS[self.state].get(trigger)
         if target is None:
             raise InvalidTransition(f"{trigger.value} is not allowed in state {self.state.value}")
-        change = StateChange(self.state, target, trigger, reason, now, error)
+        change = StateChange(self.state, target, trigger, reason, now, error, transport)
         self.state = target
         self.since = now
         self.history.append(change)

@@ -114,6 +114,11 @@ class SimClient:
     def state(self) -> ConnectionState:
         return self.core.state
 
+    @property
+    def transport(self) -> str:
+        """The transport of the latest link (``"websocket"`` or ``"sse"``)."""
+        return self.core.link_transport
+
     def connect(self) -> None:
         self._do(self.core.connect)
 
@@ -339,9 +344,10 @@ class SimClient:
                 self.core.link_opened(link_id, self.sim.clock.now)
                 self._pump()
 
-            def failed(why: str) -> None:
+            def failed(why: str, code: int) -> None:
                 if self.core is not None:
-                    self.core.link_failed(link_id, ConnectionFailed(why), self.sim.clock.now)
+                    self.core.link_failed(link_id, ConnectionFailed(why, code=code),
+                                          self.sim.clock.now)
                     self._pump()
 
             def received(text: str) -> None:
@@ -357,7 +363,14 @@ class SimClient:
                                         self.sim.clock.now)
                     self._pump()
 
-            self.sim.network.open(self.name, received, lost, opened, failed)
+            self.sim.network.open(self.name, received, lost, opened, failed, item.transport)
+        elif isinstance(item, ev.Probe):
+            def probed(ok: bool) -> None:
+                if self.core is not None:
+                    self.core.probe_done(ok, self.sim.clock.now)
+                    self._pump()
+
+            self.sim.network.probe(self.name, item.transport, probed)
         elif isinstance(item, ev.AbortLink):
             if self.link is not None:
                 self.link.abort_from_client()

@@ -1,11 +1,14 @@
 """The simulated network between clients and the broker: links with latency, and faults.
 
 A link carries text frames both ways in order (like TCP), each after the one-way latency
-(plus jitter, never reordering). Faults, as the fault-injection proxy makes them on real
-sockets: ``drop`` (reset every link), ``blackhole`` (deliver nothing, close nothing, until it
-ends: frames wait, as TCP retransmissions would), ``refuse`` (new links fail at once),
-``partition`` (a blackhole for some clients that also swallows new links, which time out),
-and per-link frame loss (a buggy relay: a live link skips a ``message`` frame).
+(plus jitter, never reordering), over either transport (``"websocket"`` or ``"sse"``: the
+same frames; what differs is only which one a proxy lets through). Faults, as the
+fault-injection proxy makes them on real sockets: ``drop`` (reset every link), ``blackhole``
+(deliver nothing, close nothing, until it ends: frames wait, as TCP retransmissions would),
+``refuse`` (new links fail at once), ``partition`` (a blackhole for some clients that also
+swallows new links, which time out), ``block_websockets`` (new WebSocket links are refused
+with 80004, as by a proxy answering the upgrade with 403; SSE gets through) and per-link
+frame loss (a buggy relay: a live link skips a ``message`` frame).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class Faults:
     partitions: dict[str, float] = field(default_factory=dict)
     #: Probability that a live link silently skips one ``message`` frame.
     lose_message: float = 0.0
+    #: New WebSocket links are refused until then (SSE links are not).
+    websocket_blocked_until: float = 0.0
 
 
 class _Pipe:
@@ -90,10 +95,11 @@ class Link:
     _ids = itertools.count(1)
 
     def __init__(self, net: Network, client: str, to_client: Callable[[str], None],
-                 on_client_lost: Callable[[str], None]) -> None:
+                 on_client_lost: Callable[[str], None], transport: str = "websocket") -> None:
         self.id = next(Link._ids)
         self.net = net
         self.client = client
+        self.transport = transport
         self.open = True
         self.session: object = None  # the broker's session, once accepted
         self._to_client = to_client
@@ -179,6 +185,7 @@ class Network:
         self.lost_by_client: dict[str, int] = {}
         self.connects = 0
         self.refused = 0
+        self.blocked = 0  # WebSocket links refused by block_websockets
         #: Connection attempts per bucket of ``attempt_resolution`` seconds.
         self.attempts: dict[int, int] = {}
         self.attempt_resolution = 1.0
@@ -193,9 +200,10 @@ class Network:
 
     def open(self, client: str, to_client: Callable[[str], None],
              on_lost: Callable[[str], None], on_open: Callable[[Link], None],
-             on_fail: Callable[[str], None]) -> None:
+             on_fail: Callable[[str, int], None], transport: str = "websocket") -> None:
         """A client asks for a link: it opens after a round trip, fails at once when
-        refused or the broker is down, or never answers while partitioned."""
+        refused or the broker is down (``on_fail(why, code)``), or never answers while
+        partitioned."""
         self.connects += 1
         now = self.clock.now
         bucket = int(now / self.attempt_resolution)
@@ -205,20 +213,36 @@ class Network:
         rtt = 2 * self.faults.latency
         if self.faults.refuse_until > now or self.broker is None or not self.broker.up:
             self.refused += 1
-            self.clock.after(rtt, lambda: on_fail("connection refused"))
+            self.clock.after(rtt, lambda: on_fail("connection refused", 80000))
             return
-        link = Link(self, client, to_client, on_lost)
+        if transport == "websocket" and self.faults.websocket_blocked_until > now:
+            self.blocked += 1
+            self.clock.after(rtt, lambda: on_fail(
+                "the broker refused the WebSocket upgrade (HTTP 403)", 80004))
+            return
+        link = Link(self, client, to_client, on_lost, transport)
         self.links[link.id] = link
 
         def established() -> None:
             if self.broker is None or not self.broker.up:
                 link.open = False
-                on_fail("connection refused")
+                on_fail("connection refused", 80000)
                 return
             self.broker.accept(link)
             on_open(link)
 
         self.clock.at(max(now + rtt, self.blocked_until(client)), established)
+
+    def probe(self, client: str, transport: str, done: Callable[[bool], None]) -> None:
+        """Would a link over ``transport`` open now? Answered after a round trip (never,
+        while partitioned: the client's timeout decides)."""
+        now = self.clock.now
+        if self.faults.partitions.get(client, 0.0) > now:
+            return
+        ok = not (self.faults.refuse_until > now or self.broker is None or not self.broker.up
+                  or (transport == "websocket" and self.faults.websocket_blocked_until > now))
+        self.clock.at(max(now + 2 * self.faults.latency, self.blocked_until(client)),
+                      lambda: done(ok))
 
     # ---------------------------------------------------------------- faults
 
@@ -238,6 +262,11 @@ class Network:
     def refuse(self, seconds: float) -> None:
         self.faults.refuse_until = max(self.faults.refuse_until, self.clock.now + seconds)
 
+    def block_websockets(self, seconds: float) -> None:
+        """Refuse new WebSocket links for ``seconds`` (links open now stay up)."""
+        self.faults.websocket_blocked_until = max(self.faults.websocket_blocked_until,
+                                                  self.clock.now + seconds)
+
     def partition(self, client: str, seconds: float) -> None:
         until = max(self.faults.partitions.get(client, 0.0), self.clock.now + seconds)
         self.faults.partitions[client] = until
@@ -246,6 +275,7 @@ class Network:
         now = self.clock.now
         self.faults.blackhole_until = min(self.faults.blackhole_until, now)
         self.faults.refuse_until = 0.0
+        self.faults.websocket_blocked_until = 0.0
         self.faults.partitions.clear()
         self.faults.lose_message = 0.0
         self.faults.jitter = 0.0

@@ -28,10 +28,13 @@ KINDS = ("sub", "unsub", "pub", "drop", "blackhole", "refuse", "partition", "res
          "reconnect", "close", "renew", "narrow", "expire", "recover", "lossy", "jitter",
          "authfail", "slowauth", "ackloss", "burst", "unsubclose", "attach", "detach",
          "history", "wait")
+#: Faults drawn apart from :data:`KINDS` (by their own random source, so that adding one
+#: leaves the scenarios of every seed as they were, with their steps in between).
+EXTRA_KINDS = ("wsblock",)
 BROKER = {"heartbeat_interval": 1.0}
 CLIENT: dict[str, Any] = {"backoff": Backoff(base=0.2, cap=1.0), "heartbeat_grace": 0.5,
           "connect_timeout": 2.0, "suspended_retry_interval": 3.0, "request_timeout": 5.0,
-          "auth_timeout": 1.0}
+          "auth_timeout": 1.0, "transport_retry_interval": 2.0}
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,12 @@ def generate(seed: int, max_steps: int = 24) -> Scenario:
             n = rng.randint(1, 4)
         dt = 0.0 if rng.random() < 0.15 else round(rng.uniform(0.0, 1.5), 2)
         steps.append(Step(dt, op, rng.randrange(clients), rng.choice(CHANNELS), n))
+    extra = random.Random(seed * 7919 + 17)
+    if extra.random() < 0.3:  # a proxy refuses WebSocket upgrades for a while
+        for _ in range(extra.randint(1, 2)):
+            steps.insert(extra.randint(0, len(steps)), Step(
+                round(extra.uniform(0.0, 1.0), 2), "wsblock", extra.randrange(clients),
+                "a", round(extra.uniform(0.5, 6.0), 2)))
     return Scenario(seed, clients, tokens, history, tuple(steps),
                     skew=rng.choice([2.0, 2.0, 3.0]),
                     publish_rate=rng.choice([10_000, 10_000, 40]),
@@ -168,6 +177,10 @@ class Runner:
             sim.network.drop()
         elif op == "partition":
             sim.network.partition(c.name, step.n)
+        elif op == "wsblock":  # a proxy refuses WebSocket upgrades: clients move to SSE
+            sim.network.block_websockets(step.n)
+            if step.client % 2:
+                sim.network.drop()
         elif op == "restart":
             sim.restart_broker(step.n)
         elif op == "reconnect":

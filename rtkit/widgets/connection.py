@@ -1,4 +1,5 @@
-"""ConnectionPanel: a client's state as a badge, its timeline, heartbeat RTT and controls."""
+"""ConnectionPanel: a client's state as a badge, its transport, its timeline, heartbeat RTT
+and controls."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class TimelineRow:
     reason: str
     lasted: float  # how long the state before this one lasted (s)
     code: int | None
+    transport: str | None = None  # of the link the change is about ("websocket", "sse")
 
 
 def timeline(history: list[StateChange], limit: int = 12) -> list[TimelineRow]:
@@ -40,13 +42,14 @@ def timeline(history: list[StateChange], limit: int = 12) -> list[TimelineRow]:
         lasted = change.at - history[i - 1].at if i else 0.0
         rows.append(TimelineRow(change.at, change.current.value, change.previous.value,
                                 change.reason, lasted, change.error.code if change.error
-                                else None))
+                                else None, change.transport))
     return rows[::-1][:limit]
 
 
 class ConnectionPanel(LiveWidget):
-    """Shows ``client``'s state (coloured badge), its transitions with reasons and how long
-    each state lasted, the heartbeat round-trip, and Connect / Close / Reconnect buttons.
+    """Shows ``client``'s state (coloured badge) and transport (WebSocket or SSE), its
+    transitions with reasons, transports and how long each state lasted, the heartbeat
+    round-trip, and Connect / Close / Reconnect buttons.
 
     The timeline keeps the latest ``rows`` transitions in a box ``height`` high that scrolls,
     so a long outage never pushes the widgets below off the screen. The round-trip time is
@@ -121,17 +124,21 @@ class ConnectionPanel(LiveWidget):
         self.badge.value = badge(state)
         rtt = f"{c.last_rtt * 1000:.1f} ms" if c.last_rtt is not None else "–"
         since = time.time() - c.state_history[-1].at if c.state_history else 0.0
+        transport = getattr(c, "transport", None)  # (a Feed has none)
+        over = (f' · over <b class="rtkit-transport">{html.escape(transport)}</b>'
+                if isinstance(transport, str) else "")
         self.info.value = (
-            f'<span style="margin-left:1em">for {since:.1f} s · connection '
+            f'<span style="margin-left:1em">for {since:.1f} s{over} · connection '
             f"<code>{html.escape(c.connection_id or '–')}</code> · client "
             f"<code>{html.escape(c.client_id or '–')}</code> · heartbeat RTT {rtt}"
             f" · queued publishes {c.queued_publishes}</span>")
         body = "".join(
             f"<tr><td>{clock(r.at)}</td><td>{r.previous} → {badge(r.state)}</td>"
-            f"<td>{r.lasted:.2f} s</td><td>{r.code or ''}</td>"
+            f"<td>{r.transport or ''}</td><td>{r.lasted:.2f} s</td><td>{r.code or ''}</td>"
             f'<td class="rtkit-wrap">{html.escape(r.reason)}</td></tr>'
             for r in timeline(c.state_history, self.rows))
         self.table.value = TABLE_CSS + scroll_box(
             '<table class="rtkit-table rtkit-timeline"><tr><th>time</th><th>transition</th>'
+            '<th>transport</th>'
             '<th title="how long the previous state lasted">after</th><th>code</th>'
             "<th>reason</th></tr>" + body + "</table>", self.height)

@@ -42,8 +42,8 @@ class FaultPanel(LiveWidget):
         self.jitter.observe(lambda _: self._latency(), names="value")
         self.bandwidth.observe(lambda ch: self._do(
             "bandwidth", lambda: self.proxy.set_bandwidth(ch["new"] or None)), names="value")
-        self.block.observe(lambda ch: self._do(
-            "block", lambda: self.proxy.block_websockets(ch["new"])), names="value")
+        self._following = False  # True while the toggle follows a block made in code
+        self.block.observe(self._block_changed, names="value")
         self.heal_button.on_click(lambda _: self.heal())
         super().__init__([
             w.HBox([self.drop_button, self.heal_button, self.block]),
@@ -67,6 +67,10 @@ class FaultPanel(LiveWidget):
             self.status.value = ok_html(f"{what}{extra}")
         self.refresh()  # show the effect of a click at once
 
+    def _block_changed(self, change: dict[str, object]) -> None:
+        if not self._following:
+            self._do("block", lambda: self.proxy.block_websockets(bool(change["new"])))
+
     def _latency(self) -> None:
         self._do("latency", lambda: self.proxy.set_latency(self.latency.value, self.jitter.value))
 
@@ -85,6 +89,12 @@ class FaultPanel(LiveWidget):
             self.counters.value = "<i>proxy stopped</i>"
             return
         s, f = self.proxy.stats(), self.proxy.faults()
+        if self.block.value != f["block_websocket"]:  # blocked or unblocked in code
+            self._following = True
+            try:
+                self.block.value = bool(f["block_websocket"])
+            finally:
+                self._following = False
         active = [k for k in ("blackhole_s", "refuse_s") if f[k]]
         faults = ", ".join(f"{k[:-2]} {f[k]:.1f} s left" for k in active) or "no timed fault"
         self.counters.value = (

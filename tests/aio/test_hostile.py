@@ -10,6 +10,7 @@ generous (two shared cores): they check that the broker stays fair, not a speed.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import statistics
@@ -29,6 +30,7 @@ from websockets.sync.client import connect as sync_connect
 
 import rtkit
 from rtkit._thread import LoopThread
+from rtkit.aio import http
 from rtkit.errors import CODES
 from tests.conftest import FACTOR, eventually, scaled, within
 
@@ -401,6 +403,80 @@ async def test_item13_backtracking_patterns_cost_nothing(attack: rtkit.Server) -
         await ws.send(json.dumps({"action": "attach", "ref": i, "channel": "a" * 200 + str(i)}))
     assert codes(await replies(ws, 15)) == [40300] * 15
     await ws.close()
+
+
+# ------------------------------------------------------------------ plain HTTP
+
+
+async def test_http_attacks_get_json_errors_and_disturb_nobody(attack: rtkit.Server) -> None:
+    """Bad REST requests, a REST flood, and an SSE session that stops reading its stream
+    while its channel is flooded: each gets its documented answer, the victim carries on."""
+    base = attack.url.replace("ws://", "http://")
+    api = http.KeepAlive(base)
+    key = {"Authorization": "Basic " + base64.b64encode(attack.root_key.encode()).decode()}
+    deep = b'{"name":"n","data":' + b"[" * 80 + b"]" * 80 + b"}"
+    cases = [
+        ("GET", "/channels/x/messages", {}, b"", 401, 40106),
+        ("GET", "/channels/x/messages", {"Authorization": "Bearer x.y.z"}, b"", 401, 40102),
+        ("GET", "/channels/x/messages", {"Authorization": "Basic %%%"}, b"", 401, 40101),
+        ("POST", "/channels/x/messages", key, b'{"name":"n","data":"\\ud800"}', 400, 40001),
+        ("POST", "/channels/x/messages", key, deep, 400, 40011),
+        ("POST", "/channels/x/messages", key, b"x" * (FRAME + 100), 413, 42902),
+        ("POST", "/channels/%2A/messages", key, b'{"name":"n"}', 400, 40007),
+        ("GET", "/channels/x/messages?before=-3", key, b"", 400, 40003),
+        ("PUT", "/channels/x/messages", key, b"", 405, 40000),
+        ("POST", "/v1/send", {"Authorization": "Bearer s1.forged"}, b"{}", 404, 40400),
+    ]
+    for method, path, headers, body, status, code in cases:
+        got, _, answer = await api.request(method, path, headers, body)
+        assert (got, json.loads(answer)["error"]["code"]) == (status, code), (method, path)
+    async def flood(conn: http.KeepAlive) -> list[int]:
+        return [(await conn.request("GET", "/channels/x/presence", key))[0]
+                for _ in range(250)]
+
+    floods = [http.KeepAlive(base) for _ in range(4)]
+    statuses = [s for part in await asyncio.gather(*map(flood, floods)) for s in part]
+    assert statuses.count(429) > 0 and statuses.count(200) >= 500  # one rate per caller
+    for conn in floods:
+        await conn.close()
+    with socket.create_connection(("127.0.0.1", attack.port), timeout=5) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000)
+        assert sock.recv(100).startswith(b"HTTP/1.1 431")  # a head that never ends
+    # An SSE subscriber that never reads again: dropped at the outbound limit (42903).
+    stream = socket.create_connection(("127.0.0.1", attack.port), timeout=5)
+    stream.sendall(b"GET /v1/connect HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = b""
+    while b'"stream":"' not in head:
+        head += stream.recv(4096)
+    stream_key = head.split(b'"stream":"')[1].split(b'"')[0].decode()
+    frames = (json.dumps({"action": "connect", "ref": 1, "key": attack.root_key}) + "\n"
+              + json.dumps({"action": "attach", "ref": 2, "channel": "firehose"}) + "\n")
+    got, _, _ = await api.request("POST", "/v1/send", {
+        "Authorization": f"Bearer {stream_key}"}, frames.encode())
+    assert got == 204
+    slow_before = attack.stats()["slow_consumers"]
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ws = await raw(attack, key=attack.root_key, client_id="flooder")
+    blob = "x" * 40_000
+    for i in range(300):
+        await ws.send(json.dumps({"action": "publish", "ref": i, "channel": "firehose",
+                                  "name": "n", "data": blob}))
+        if i % 50 == 49:
+            await replies(ws, 50)
+    await eventually(lambda: attack.stats()["slow_consumers"] > slow_before, timeout=5,
+                     what="the SSE session that stopped reading dropped")
+    assert attack.stats()["outbound_peak"] <= OUTBOUND + 2 * FRAME + 64 * 1024
+    stream.close()
+    # Pipelined requests for long answers, never read: answered as the socket drains only.
+    with socket.create_connection(("127.0.0.1", attack.port), timeout=5) as greedy:
+        greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        greedy.sendall((b"GET /channels/firehose/messages?limit=100 HTTP/1.1\r\nHost: x\r\n"
+                        b"Authorization: " + key["Authorization"].encode() + b"\r\n\r\n")
+                       * 300)
+        await asyncio.sleep(scaled(0.5))
+        assert attack.stats()["resources"]["outbound_buffer_bytes"]["used"] < 4 * FRAME
+    await ws.close()
+    await api.close()
 
 
 # ------------------------------------------------------------------ random frames

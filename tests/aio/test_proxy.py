@@ -50,12 +50,15 @@ async def test_bandwidth_limit_paces_large_messages(env: tuple) -> None:
 async def test_blocked_websockets_are_refused_with_403(env: tuple) -> None:
     srv, px = env
     px.block_websockets()
-    client = rtkit.Client(px.url, key=srv.root_key, connect_timeout=scaled(1))
+    client = rtkit.Client(px.url, key=srv.root_key, connect_timeout=scaled(1),
+                          transports=("websocket",))  # no fallback: the refusal is final
     with pytest.raises(rtkit.ConnectionFailed) as info:
         await client.connect()
-    assert "403" in info.value.message
+    assert "403" in info.value.message and info.value.code == 80004
     await client.close()
     assert px.stats()["blocked"] >= 1
+    async with rtkit.Client(px.url, key=srv.root_key) as fallback:
+        assert fallback.transport == "sse"  # the default falls back to SSE
     px.block_websockets(False)
     async with rtkit.Client(px.url, key=srv.root_key) as ok:
         assert ok.state is rtkit.ConnectionState.CONNECTED

@@ -1,5 +1,6 @@
 """Continuity for a minute at 1,000 messages a second, with default settings, through drops,
-a blackhole and a refusal: nothing lost, duplicated or reordered, no publish fails."""
+a blackhole and a refusal: nothing lost, duplicated or reordered, no publish fails. The same
+over the SSE fallback (the proxy refusing WebSocket upgrades), for a third of the time."""
 
 from __future__ import annotations
 
@@ -15,7 +16,17 @@ SECONDS = 60
 
 
 async def test_a_minute_at_1000_per_second_through_every_fault() -> None:
+    await stream(SECONDS, block_websockets=False)
+
+
+async def test_twenty_seconds_at_1000_per_second_over_the_sse_fallback() -> None:
+    await stream(20, block_websockets=True)
+
+
+async def stream(seconds: int, block_websockets: bool) -> None:
     with rtkit.serve() as srv, rtkit.chaos.proxy(srv, seed=8) as px:
+        if block_websockets:
+            px.block_websockets()
         pub = rtkit.Client(px.url, key=srv.root_key, client_id="pub")
         subs = [rtkit.Client(px.url, key=srv.root_key, client_id=f"sub{i}") for i in range(3)]
         got: dict[str, list[int]] = {s.client_id or "": [] for s in subs}
@@ -28,7 +39,7 @@ async def test_a_minute_at_1000_per_second_through_every_fault() -> None:
                 ch = s.channel("minute")
                 ch.on_continuity_lost(losses.append)
                 await ch.subscribe(lambda m, seq=got[s.client_id or ""]: seq.append(m.data))
-            total = RATE * SECONDS
+            total = RATE * seconds
 
             async def publish_all() -> None:
                 pending: list[asyncio.Task[rtkit.PublishResult]] = []
@@ -58,7 +69,7 @@ async def test_a_minute_at_1000_per_second_through_every_fault() -> None:
 
             done = asyncio.Event()
             breaking = asyncio.create_task(faults(done))
-            await within(publish_all(), timeout=SECONDS + 60)
+            await within(publish_all(), timeout=seconds + 60)
             done.set()
             await within(breaking, timeout=10)
             await eventually(lambda: all(len(v) >= total for v in got.values()), timeout=60,
@@ -68,7 +79,13 @@ async def test_a_minute_at_1000_per_second_through_every_fault() -> None:
             for who, seq in got.items():
                 assert len(seq) == total, f"{who}: {len(seq)} deliveries"
                 assert seq == list(range(total)), f"{who}: lost, duplicated or reordered"
-            assert px.stats()["dropped"] >= 10 and px.stats()["refused"] >= 1
+            assert px.stats()["dropped"] >= 10 * seconds // SECONDS
+            assert px.stats()["refused"] >= 1
+            expected = "sse" if block_websockets else "websocket"
+            for client in (pub, *subs):
+                assert client.transport == expected
+                assert {c.transport for c in client.state_history
+                        if c.current is rtkit.ConnectionState.CONNECTED} == {expected}
         finally:
             for client in (pub, *subs):
                 await client.close()

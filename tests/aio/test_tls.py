@@ -101,11 +101,15 @@ def test_cli_refuses_a_bad_certificate(tmp_path: Path) -> None:
     assert result.returncode == 2 and result.stderr.startswith("rtkit: cannot load")
 
 
-async def test_rtkit_clients_publish_subscribe_and_resume_over_tls(ca: trustme.CA) -> None:
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+async def test_rtkit_clients_publish_subscribe_and_resume_over_tls(ca: trustme.CA,
+                                                                  transport: str) -> None:
     with rtkit.serve(ssl=server_context(ca), heartbeat_interval=0.5) as srv:
         ctx = client_context(ca)
         async with rtkit.Client(srv.url, key=srv.root_key, ssl=ctx) as pub, \
-                rtkit.Client(srv.url, key=srv.root_key, ssl=ctx) as sub:
+                rtkit.Client(srv.url, key=srv.root_key, ssl=ctx,
+                             transports=(transport,)) as sub:
+            assert sub.transport == transport  # the SSE transport over https://
             got: list[object] = []
             await sub.channel("secure").subscribe(lambda m: got.append(m.data))
             await pub.channel("secure").publish("n", "one")
@@ -115,7 +119,8 @@ async def test_rtkit_clients_publish_subscribe_and_resume_over_tls(ca: trustme.C
                 while got != ["one", "two"]:
                     await asyncio.sleep(0.01)
             assert sub.last_resume is not None and sub.last_resume.resumed
-        untrusting = rtkit.Client(srv.url, key=srv.root_key, connect_timeout=1.0)
+        untrusting = rtkit.Client(srv.url, key=srv.root_key, connect_timeout=1.0,
+                                  transports=(transport,))
         with pytest.raises(rtkit.ConnectionFailed):  # the system trust store does not know it
             await within(untrusting.connect(timeout=1.0))
         await untrusting.close()

@@ -10,8 +10,10 @@ from typing import Any
 from rtkit.core import client_events as ev
 from rtkit.core.client import ClientConfig, ClientCore
 from rtkit.core.continuity import ContinuityLoss
+from rtkit.core.credentials import Credentials
 from rtkit.core.states import ChannelState, ConnectionState
 from rtkit.core.timing import Backoff
+from rtkit.core.tokens import ApiKey, issue_token
 from rtkit.errors import CapabilityError
 from rtkit.sim import Simulation, check
 from rtkit.sim.broker import WALL_START
@@ -206,6 +208,25 @@ def test_a_token_service_lagging_the_broker_does_not_spin_the_client() -> None:
     assert c.state is S.CONNECTED
     # Each token has 5 s of life left: renewed about every 3.3 s, not in a loop.
     assert c.core.credentials.renewals <= 5, f"{c.core.credentials.renewals} tokens in 10 s"
+
+
+def test_a_fresh_token_outlived_by_failed_attempts_is_not_presented() -> None:
+    """A fresh token is presented as it is (the broker judges it) only while some of its
+    lifetime is left by our own clock: a 1 s token fetched during a refusal and kept through
+    failed attempts past its expiry is replaced before connecting, not refused."""
+    key = ApiKey.generate()
+    creds = Credentials(None, None, True, 5.0, Backoff(), random.Random(1))
+    fetch = creds.start_fetch("a token is needed to connect", 100.0)
+    assert fetch is not None
+    # The issuer's clock is 40 s off ours: only the lifetime counts.
+    assert creds.obtained(fetch.id, issue_token(key, now=WALL_START - 40, ttl=1.0),
+                          100.0) is None
+    assert creds.credentials_for_connect(100.5) == {"token": creds.token}
+    assert creds.credentials_for_connect(100.9) is None  # fetch a new one instead
+    fetch = creds.start_fetch("a token is needed to connect", 100.9)
+    assert fetch is not None
+    creds.obtained(fetch.id, issue_token(key, now=WALL_START - 40, ttl=1.0), 100.9)
+    assert creds.credentials_for_connect(101.0) == {"token": creds.token}
 
 
 # --------------------------------------------------------------------------- continuity

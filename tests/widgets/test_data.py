@@ -30,6 +30,7 @@ async def test_recorded_messages_frame_has_dtypes_and_a_window() -> None:
             assert str(states["at"].dtype) == "datetime64[ns, UTC]"
             assert states["previous_lasted_s"].iloc[1] >= 0
             assert str(states["error_code"].dtype) == "Int64"
+            assert list(states["transport"]) == ["websocket", "websocket"]
 
 
 def test_empty_frames_keep_their_columns_and_dtypes() -> None:

@@ -200,6 +200,13 @@ async def test_fault_panel_controls_the_proxy(srv: rtkit.Server) -> None:
             panel.heal()
             assert px.faults()["latency_ms"] == 0 and not px.faults()["block_websocket"]
             assert panel.latency.value == 0
+            px.block_websockets()  # in code: the toggle follows, and changes nothing
+            panel.refresh()
+            assert panel.block.value and px.faults()["block_websocket"]
+            assert "block" not in panel.status.value
+            px.block_websockets(False)
+            panel.refresh()
+            assert not panel.block.value and not px.faults()["block_websocket"]
             await within(c.wait_for_state(S.CONNECTED, timeout=5))
             panel.close()
 
@@ -311,6 +318,20 @@ async def test_live_plot_separate_axes_anchor_and_bounded_drawing(
     for bad in ({"y_axes": "twin"}, {"anchor": "then"}, {"window": 0}, {"max_drawn": 1}):
         with pytest.raises(ValueError):
             LivePlot(client.channel("q"), ["v"], **bad)
+
+
+async def test_connection_panel_shows_the_transport_and_its_changes(srv: rtkit.Server) -> None:
+    with rtkit.chaos.proxy(srv) as px:
+        px.block_websockets()
+        async with rtkit.Client(px.url, key=srv.root_key) as client:
+            panel = ConnectionPanel(client)
+            panel.refresh()
+            assert 'class="rtkit-transport">sse<' in panel.info.value
+            rows = timeline(client.state_history)
+            assert (rows[0].state, rows[0].transport) == ("connected", "sse")
+            assert rows[2].transport == "websocket" and "websocket refused" in rows[2].reason
+            assert "<td>sse</td>" in panel.table.value
+            panel.close()
 
 
 async def test_connection_panel_measures_rtt_at_once_and_bounds_its_timeline(

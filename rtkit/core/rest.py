@@ -1,0 +1,381 @@
+"""The broker's REST interface, sans I/O: HTTP requests mapped to the same channel operations,
+capabilities, limits and rate limits as the WebSocket protocol, and rtkit errors mapped to
+HTTP statuses with a JSON body.
+
+The driver (``rtkit.aio.httpapi``) parses HTTP with h11 and calls :class:`RestApi` with the
+method, the target, the headers and the body; it gets back a :class:`Reply` (status, JSON
+body, headers) or, for an event stream, a core session attached to the channel whose output
+it writes as Server-Sent Events. Every request is authenticated by its ``Authorization``
+header: ``Bearer <token>`` or HTTP Basic with an API key (``<key_id>`` as the user name,
+``<secret>`` as the password); credentials never go in the URL.
+
+Each caller (its client id, else its key) has one rate bucket of ``publish_rate`` /
+``publish_burst`` for every request, as a WebSocket connection has for every frame. A publish
+is handled by :meth:`ChannelOps.publish`, exactly as a ``publish`` frame is (checks, sizes,
+de-duplication by id scoped per publisher, fan-out), by a transient session standing for the
+caller.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from rtkit.core import frames as fr
+from rtkit.core.broker import BrokerCore, Send, Session
+from rtkit.core.intake import raw_data
+from rtkit.core.store import FRAGMENT, SIZE
+from rtkit.core.timing import TokenBucket
+from rtkit.core.tokens import verify_token
+from rtkit.errors import InvalidCredentials, ProtocolError, RtkitError, error, error_from_wire
+
+#: Rate buckets kept for this many callers at most (refilled ones are forgotten first).
+MAX_TRACKED_CALLERS = 65_536
+_ids = itertools.count(1)
+
+JSON = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A whole HTTP response: status, body (JSON unless ``content_type`` says otherwise)."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+    content_type: str = JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a request asks for: ``kind`` is ``publish``, ``history``, ``presence``,
+    ``events`` (a channel's SSE stream), ``health``, ``connect`` (the SSE transport's
+    stream) or ``send`` (the SSE transport's frames)."""
+
+    kind: str
+    channel: str | None = None
+
+
+@dataclass(eq=False, slots=True)
+class RestCaller(Session):
+    """The caller of one REST request, as a session the channel operations accept. Its
+    ``owner`` (quotas, publish-id scope) is stable across requests: the client id, else the
+    key that authenticated it."""
+
+    scope: str = ""
+
+    @property
+    def owner(self) -> str:
+        if self.client_id is not None:
+            return f"u{len(self.client_id)}:{self.client_id}"
+        return f"k:{self.scope}"
+
+
+# ------------------------------------------------------------------------ HTTP mapping
+
+
+def http_status(code: int) -> int:
+    """The HTTP status for an rtkit error code (see docs/protocol.md, REST interface)."""
+    if code in (42901, 42902):
+        return 413
+    if code in (40300, 40301):
+        return 403
+    if code == 50001:
+        return 503
+    group = code // 100
+    return {400: 400, 401: 401, 403: 403, 404: 404, 408: 408, 429: 429}.get(group, 500)
+
+
+def error_reply(err: RtkitError, status: int | None = None) -> Reply:
+    """``{"error": {"code", "message"}}`` with the fitting status (and, for 401, how to
+    authenticate)."""
+    status = status or http_status(err.code)
+    headers: tuple[tuple[str, str], ...] = ()
+    if status == 401:
+        headers = (("WWW-Authenticate", 'Bearer realm="rtkit", Basic realm="rtkit"'),)
+    body = json.dumps({"error": err.to_wire()}, separators=(",", ":")).encode() + b"\n"
+    return Reply(status, body, headers)
+
+
+def json_reply(obj: Any, status: int = 200) -> Reply:
+    return Reply(status, json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+
+
+def split_target(target: str) -> tuple[list[str], dict[str, str]]:
+    """The path's segments (percent-decoded one by one, so a channel name may hold an
+    encoded ``/``) and the query's parameters (the last of a repeated name wins)."""
+    path, _, query = target.partition("?")
+    segments = [unquote(part) for part in path.split("/")[1:]]
+    params: dict[str, str] = {}
+    for pair in query.split("&") if query else ():
+        name, _, value = pair.partition("=")
+        params[unquote(name.replace("+", " "))] = unquote(value.replace("+", " "))
+    return segments, params
+
+
+def route(method: str, segments: list[str]) -> Route:
+    """The route of a request; raises 40400 (unknown path) or ``ProtocolError`` with a
+    ``405`` hint for a known path and the wrong method."""
+    def only(*methods: str) -> None:
+        if method not in methods:
+            raise MethodNotAllowed(methods)
+
+    if segments == ["health"]:
+        only("GET", "HEAD")
+        return Route("health")
+    if segments == ["v1", "connect"]:
+        only("GET")
+        return Route("connect")
+    if segments == ["v1", "send"]:
+        only("POST")
+        return Route("send")
+    if len(segments) == 3 and segments[0] == "channels" and segments[1]:
+        channel, what = segments[1], segments[2]
+        if what == "messages":
+            only("GET", "POST")
+            return Route("publish" if method == "POST" else "history", channel)
+        if what == "presence":
+            only("GET")
+            return Route("presence", channel)
+        if what == "events":
+            only("GET")
+            return Route("events", channel)
+    raise error(40400, "no such resource: see docs/protocol.md, REST interface")
+
+
+class MethodNotAllowed(ProtocolError):
+    """A known path asked with a method it does not answer (HTTP 405)."""
+
+    def __init__(self, allowed: tuple[str, ...]) -> None:
+        super().__init__(f"allowed methods: {', '.join(allowed)}", code=40000)
+        self.allowed = allowed
+
+
+def credentials(headers: dict[str, str]) -> tuple[str, str]:
+    """``("token", jwt)`` or ``("key", "<key_id>:<secret>")`` from the Authorization header;
+    raises 40106 when there is none and 40101 when it cannot be read."""
+    value = headers.get("authorization", "").strip()
+    if not value:
+        raise error(40106, "no credentials given: send 'Authorization: Bearer <token>' or "
+                           "HTTP Basic with an API key")
+    scheme, _, rest = value.partition(" ")
+    scheme, rest = scheme.lower(), rest.strip()
+    if scheme == "bearer" and rest:
+        return "token", rest
+    if scheme == "basic" and rest:
+        try:
+            user, sep, secret = base64.b64decode(rest, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise InvalidCredentials("malformed Basic credentials", code=40101) from None
+        if sep and user and secret:
+            return "key", f"{user}:{secret}"
+        raise InvalidCredentials("Basic credentials must be <key_id>:<secret>", code=40101)
+    raise InvalidCredentials("the Authorization header must be 'Bearer <token>' or Basic",
+                             code=40101)
+
+
+def parse_last_event_id(value: str | None) -> tuple[str | None, int] | None:
+    """A channel stream's ``Last-Event-ID``: ``<epoch>:<serial>`` (what the stream sends) or
+    a bare ``<serial>`` (in the channel's current epoch). None when absent."""
+    if value is None or not value.strip():
+        return None
+    epoch, sep, serial = value.strip().rpartition(":")
+    if not serial.isdigit() or len(serial) > 18 or (sep and not epoch):
+        raise ProtocolError("Last-Event-ID must be <epoch>:<serial> or a serial", code=40003)
+    return (epoch if sep else None), int(serial)
+
+
+def _int_param(params: dict[str, str], name: str, minimum: int) -> int | None:
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or len(value) > 18 or int(value) < minimum:
+        raise ProtocolError(f"'{name}' must be an integer >= {minimum}", code=40003)
+    return int(value)
+
+
+# ------------------------------------------------------------------------ the interface
+
+
+@dataclass(slots=True)
+class RestApi:
+    """REST requests against one :class:`BrokerCore`. Times: monotonic ``now``."""
+
+    core: BrokerCore
+    buckets: dict[str, TokenBucket] = field(default_factory=dict)
+
+    def caller(self, headers: dict[str, str], now: float) -> RestCaller:
+        """Authenticate the request and charge it to its caller's rate."""
+        core = self.core
+        kind, value = credentials(headers)
+        if kind == "key":
+            key = core.keys.check_key(value)
+            client_id, cap, expires, key_id = None, key.capability, None, key.key_id
+        else:
+            claims = verify_token(value, core.keys, core.wall(now))
+            client_id, cap, expires, key_id = (claims.client_id, claims.capability,
+                                               claims.expires_at, claims.key_id)
+        cid = f"r{next(_ids)}-{secrets.token_hex(3)}"
+        s = RestCaller(cid, "", now, None, connected=True, client_id=client_id,
+                       client_id_json=fr.dumps(client_id), key_id=key_id,
+                       capability=cap, token_expires=expires, resumable=False,
+                       flow_control=True, scope=key_id)
+        if not self._take(s.owner, now):
+            core.stats["rate_limited"] += 1
+            raise error(42900, f"more than {core.config.publish_rate:g} requests a second")
+        return s
+
+    def _take(self, owner: str, now: float) -> bool:
+        bucket = self.buckets.get(owner)
+        if bucket is None:
+            c = self.core.config
+            if len(self.buckets) >= MAX_TRACKED_CALLERS:
+                full = [o for o, b in self.buckets.items()
+                        if b.tokens + (now - b.updated) * c.publish_rate >= c.publish_burst]
+                for o in full:
+                    del self.buckets[o]
+                if len(self.buckets) >= MAX_TRACKED_CALLERS:
+                    self.buckets.clear()
+            bucket = self.buckets[owner] = TokenBucket(c.publish_rate, c.publish_burst,
+                                                       updated=now)
+        return bucket.take(now)
+
+    # ---------------------------------------------------------------- publish
+
+    def publish(self, s: RestCaller, channel: str, body: bytes, now: float) -> Reply:
+        """``POST /channels/{channel}/messages`` with ``{"name", "data", "id"?}``: 201 with
+        ``{"channel", "id", "serial", "timestamp"}`` once stored, 200 with ``"duplicate":
+        true`` for an id this publisher already used."""
+        try:
+            text = body.decode()
+        except UnicodeDecodeError:
+            raise ProtocolError("the body must be UTF-8 JSON", code=40001) from None
+        obj = fr.parse_json(text)
+        fr.validate(obj, text, fr.CLIENT_FRAME_DEPTH)
+        obj.pop("ref", None)
+        f = fr.decode_object({**obj, "action": "publish", "channel": channel},
+                             fr.CLIENT_FRAMES)
+        assert isinstance(f, fr.Publish)
+        try:
+            fallback = fr.dumps(f.data)
+        except ValueError:
+            raise ProtocolError("invalid JSON: a number out of range", code=40001) from None
+        core = self.core
+        core.now = now
+        core.stats["received"] += 1
+        data_json = raw_data(text) or fallback
+        core.ops.publish(s, None, f.channel, f.name, data_json, f.id, now, core.wall(now))
+        answer = self._take_answer(s)
+        if answer.get("action") == "ack":
+            result = {k: answer[k] for k in ("channel", "id", "serial", "timestamp")}
+            if answer.get("duplicate"):
+                result["duplicate"] = True
+            return json_reply(result, 200 if answer.get("duplicate") else 201)
+        raise error_from_wire(answer.get("error"))
+
+    def _take_answer(self, s: Session) -> dict[str, Any]:
+        """The ack or nack the channel operations queued for ``s`` (taken out of the outbox:
+        the caller gets it as the HTTP response)."""
+        items = self.core.outbox.items
+        for i in range(len(items) - 1, -1, -1):
+            item = items[i]
+            if type(item) is Send and item.targets == (s,):
+                del items[i]
+                answer: dict[str, Any] = json.loads(item.text)
+                return answer
+        raise error(50000, "the publish was not answered")  # pragma: no cover
+
+    # ---------------------------------------------------------------- reading
+
+    def history(self, s: RestCaller, channel: str, params: dict[str, str],
+                now: float) -> Reply:
+        """``GET /channels/{channel}/messages?limit=&before=&after=``: stored messages,
+        oldest first. Without ``after``: the latest ``limit`` (before ``before``); with it:
+        the first ``limit`` after it. At most ``max_frame_size`` bytes of messages per page;
+        ``more`` says whether the page stopped short of the range (older messages for a
+        backward page, newer ones after ``after``)."""
+        fr.validate_channel_name(channel)
+        self.core.ops.check(s, "history", channel)
+        c = self.core.config
+        limit = _int_param(params, "limit", 1) or 100
+        limit = min(limit, max(1, c.history_size))
+        before = _int_param(params, "before", 1)
+        after = _int_param(params, "after", 0)
+        ch = self.core.registry.get(channel)
+        out: list[str] = []
+        more = False
+        epoch = None
+        if ch is not None:
+            epoch = ch.epoch
+            store = ch.store
+            store.expire(now)
+            first = store.first_serial()
+            if first is not None:
+                hi = ch.serial if before is None else min(ch.serial, before - 1)
+                budget = c.max_frame_size
+                if after is not None:
+                    serial = max(first, after + 1)
+                    while serial <= hi and len(out) < limit:
+                        rec = store.get(serial)
+                        if rec is None or (out and budget - rec[SIZE] < 0):
+                            break
+                        out.append(rec[FRAGMENT])
+                        budget -= rec[SIZE] + 1
+                        serial += 1
+                    more = serial <= hi
+                else:
+                    serial = hi
+                    while serial >= first and len(out) < limit:
+                        rec = store.get(serial)
+                        if rec is None or (out and budget - rec[SIZE] < 0):
+                            break
+                        out.append(rec[FRAGMENT])
+                        budget -= rec[SIZE] + 1
+                        serial -= 1
+                    out.reverse()
+                    more = serial >= first
+        head = json.dumps({"channel": channel, "epoch": epoch, "more": more},
+                          separators=(",", ":"))
+        body = f'{head[:-1]},"messages":[{",".join(out)}]}}\n'
+        return Reply(200, body.encode())
+
+    def presence(self, s: RestCaller, channel: str) -> Reply:
+        """``GET /channels/{channel}/presence``: the members now."""
+        fr.validate_channel_name(channel)
+        if not (s.capability.allows("subscribe", channel)
+                or s.capability.allows("presence", channel)):
+            self.core.ops.check(s, "presence", channel)
+        ch = self.core.registry.get(channel)
+        members = [m.to_wire() for m in ch.members.values()] if ch is not None else []
+        return json_reply({"channel": channel, "members": members})
+
+    # ---------------------------------------------------------------- channel streams
+
+    def open_events(self, s: RestCaller, channel: str, last_event_id: str | None,
+                    transport: Any, now: float) -> Session:
+        """``GET /channels/{channel}/events``: a session attached to ``channel`` (resuming
+        after ``Last-Event-ID``) whose output the driver writes as Server-Sent Events. It
+        ends with its token (40140), a narrowed capability or a revoked key, like a
+        WebSocket connection. Raises before anything is sent when the request is refused."""
+        core = self.core
+        fr.validate_channel_name(channel)
+        core.ops.check(s, "subscribe", channel)
+        position = parse_last_event_id(last_event_id)
+        core.registry.get_or_create(channel, s.owner)  # 42908 / 42909 before streaming
+        session = core.open_session(now, transport)
+        session.connected, session.resumable, session.flow_control = True, False, True
+        session.client_id, session.client_id_json = s.client_id, s.client_id_json
+        session.capability = s.capability
+        session.key_id, session.token_expires = s.key_id, s.token_expires
+        session.bucket = TokenBucket(core.config.publish_rate, core.config.publish_burst)
+        core.timers.token(session)
+        epoch, serial = position if position is not None else (None, None)
+        core.ops.on_attach(session, fr.Attach(channel=channel, from_serial=serial,
+                                              epoch=epoch), now)
+        return session
