@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import h11
 
-from rtkit.aio.conn import EVENTS, HTTP, SSE, WEBSOCKET, Connection
+from rtkit.aio.conn import EVENTS, HTTP, REPLY, SSE, WEBSOCKET, Connection
 from rtkit.aio.httpapi import HttpApi
 from rtkit.aio.ssesession import event_bytes
 from rtkit.core.backplane import NodeView
@@ -257,6 +257,8 @@ class Broker:
                             if not conn.out:
                                 touched.append(conn)
                             conn.queue(events)
+                        elif mode == REPLY:
+                            conn.answer(item.text)
                 elif isinstance(item, Disconnect):
                     self._disconnect(item)
             except Exception:

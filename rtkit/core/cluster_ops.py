@@ -106,12 +106,42 @@ class ClusterOps(ChannelOps):
 
     def _wake(self, feed: Feed) -> None:
         waiters, feed.waiters = feed.waiters, []
-        for _, d in waiters:
-            d.ready = True
-        for s, _ in waiters:
-            if not s.flow_control and not s.closed:
+        for s, d in waiters:
+            if s is not None:
+                d.ready = True
+        for s, d in waiters:
+            if s is None:
+                d(feed)  # a request outside a session (see when_ready)
+            elif not s.flow_control and not s.closed:
                 self.streamer.pump(s, math.inf)
         # (A driver with flow control pumps the sessions waiting on its next flush.)
+
+    def when_ready(self, ch: Channel, need: Callable[[Channel], int | None],
+                   done: Callable[[str | None], None]) -> None:
+        """For a request outside any session (the REST interface): ``done(None)`` once
+        ``ch`` is followed and the node's copy of its history reaches back to ``need(ch)``
+        (None: no older message is needed), or ``done(reason)`` if the backplane failed
+        meanwhile. The channel is kept (counted as attaching) until then."""
+        ch.attaching += 1
+
+        def finish(reason: str | None) -> None:
+            ch.attaching -= 1
+            done(reason)
+
+        def step(waited: Feed | None) -> None:
+            if waited is not None and waited.failed is not None:
+                finish(waited.failed)
+                return
+            feed = self._live(ch)
+            if feed.live:
+                first = need(ch)
+                if (first is None or first > ch.serial
+                        or self._available(ch, feed, max(1, first)) is not None):
+                    finish(None)
+                    return
+            feed.waiters.append((None, step))
+
+        step(None)
 
     def _live(self, ch: Channel) -> Feed:
         return self.view.follow(ch.name)

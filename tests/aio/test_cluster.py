@@ -6,6 +6,8 @@ data, the CLI."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +18,8 @@ from typing import Any
 import pytest
 
 import rtkit
+from rtkit.aio import http
+from rtkit.core import sse
 from tests.conftest import eventually, scaled, within
 
 KEY = "root:" + "s" * 40
@@ -289,3 +293,65 @@ async def test_keys_made_and_revoked_on_one_node_hold_on_every_node(
         await refused.close()
     finally:
         await user.close()
+
+
+async def test_rest_and_sse_clients_on_clustered_nodes(nodes: list[rtkit.Server]) -> None:
+    """REST publishes, history and presence, SSE-transport clients and a channel's event
+    stream, each on another node of the cluster."""
+    a, b, c = nodes
+    auth = {"Authorization": "Basic " + base64.b64encode(KEY.encode()).decode()}
+    rest = {n: http.KeepAlive(n.url.replace("ws://", "http://")) for n in nodes}
+
+    async def call(node: rtkit.Server, method: str, path: str, body: Any = None
+                   ) -> tuple[int, Any]:
+        data = b"" if body is None else json.dumps(body).encode()
+        status, _, answer = await within(rest[node].request(method, path, auth, data))
+        return status, json.loads(answer)
+
+    sub = client(b.url, [a.url, c.url], client_id="sse-sub", transports=("sse",))
+    member = client(c.url, client_id="sse-member", transports=("sse",))
+    events = await within(http.request("GET", c.url.replace("ws://", "http://")
+                                       + "/channels/r/events", headers=auth))
+    try:
+        got: list[Any] = []
+        await within(sub.connect())
+        await within(member.connect())
+        assert sub.transport == member.transport == "sse"
+        await within(sub.channel("r").subscribe(lambda m: got.append(m.data)))
+        await within(member.channel("r").presence.enter({"seat": 2}))
+        for i in range(5):
+            status, ack = await call(a, "POST", "/channels/r/messages",
+                                     {"name": "n", "data": i, "id": f"r{i}"})
+            assert status == 201 and ack["serial"] == i + 1
+        status, again = await call(b, "POST", "/channels/r/messages",  # another node
+                                   {"name": "n", "data": 1, "id": "r1"})
+        assert status == 200 and again["duplicate"] and again["serial"] == 2
+        await eventually(lambda: got == list(range(5)), what="REST publishes over SSE")
+        status, members = await call(a, "GET", "/channels/r/presence")
+        assert [m["client_id"] for m in members["members"]] == ["sse-member"]
+        # history on a node that never had these messages: read from Redis
+        status, page = await call(a, "GET", "/channels/r/messages?limit=3")
+        assert status == 200 and [m["data"] for m in page["messages"]] == [2, 3, 4]
+        assert page["more"]  # older ones, in Redis
+        status, page = await call(a, "GET", "/channels/r/messages?before=3")
+        assert [m["data"] for m in page["messages"]] == [0, 1] and not page["more"]
+        status, page = await call(b, "GET", "/channels/r/messages?after=1&limit=2")
+        assert [m["serial"] for m in page["messages"]] == [2, 3] and page["more"]
+        parser, seen = sse.SSEParser(), []
+        async with asyncio.timeout(scaled(5)):
+            async for chunk in events.chunks():
+                seen += [e for e in parser.feed(chunk) if isinstance(e, sse.Event)]
+                if len(seen) >= 6:
+                    break
+        assert [json.loads(e.data)["data"] for e in seen[1:6]] == list(range(5))
+        b.crash()  # the SSE subscriber moves to another node and resumes there
+        await call(a, "POST", "/channels/r/messages", {"name": "n", "data": 5})
+        await eventually(lambda: got == list(range(6)), timeout=10,
+                         what="the SSE client resuming on another node")
+        assert sub.current_url != b.url and sub.transport == "sse"
+    finally:
+        await events.close()
+        for cl in (sub, member):
+            await cl.close()
+        for conn in rest.values():
+            await conn.close()
