@@ -262,6 +262,7 @@ class ClusterOps(ChannelOps):
             self.dirty[ch] = None
 
     def _apply(self, ch: Channel, actions: Iterable[Action], now: float) -> None:
+        epoch = False
         for action in actions:
             if type(action) is Deliver:
                 self._deliver(ch, action.serial, action.timestamp, action.fragment, now)
@@ -272,6 +273,12 @@ class ClusterOps(ChannelOps):
                 ch.serial = action.serial
             elif type(action) is NewEpoch:
                 self._new_epoch(ch, action)
+                epoch = True
+        feed = self.view.feeds.get(ch.name) if epoch else None
+        if feed is not None and feed.waiters:
+            # What waited for a read of the old epoch (its answer will be ignored) looks
+            # again, in the new one.
+            self._wake(feed)
 
     def _new_epoch(self, ch: Channel, action: NewEpoch) -> None:
         """The backplane lost this channel's history. Its subscribers here hold positions of

@@ -80,3 +80,28 @@ def test_a_failing_backplane_is_a_transient_error() -> None:
     [reply] = replies
     assert reply.status == 503 and body(reply)["error"]["code"] == 50000
     assert "connection refused" in body(reply)["error"]["message"]
+
+
+def test_a_request_waiting_for_older_messages_is_answered_after_a_new_epoch() -> None:
+    b = MemoryBackplane()
+    a, c = Node(b), Node(b)
+    pub = a.connect("pub")
+    publish(a, pub, "x", 5)
+    b.settle()
+    api = RestApi(c.h.core)
+    replies: list[Reply] = []
+    reader = api.caller(AUTH, c.h.now)
+    assert api.history(reader, "x", {"limit": "3"}, c.h.now, replies.append) is None
+    c.step()  # followed at serial 5; c's copy is empty: older ones are read...
+    held = c.view.take()  # ...but that read is slow
+    assert [type(e) for e in held] == [bp.Read]
+    b.lose_everything()  # and meanwhile Redis lost the channel
+    publish(a, pub, "x", 1, start=5)
+    b.settle()
+    [reply] = replies  # answered in the new epoch, not left waiting for the old read
+    page = body(reply)
+    assert [m["serial"] for m in page["messages"]] == [1] and page["epoch"] != ""
+    for effect in held:  # the old read's answer comes at last: ignored
+        b.perform(c, effect)
+    b.settle()
+    assert len(replies) == 1 and c.h.core.channels["x"].attaching == 0
