@@ -97,7 +97,9 @@ class Server:
         ``publish_rate``/``receive_rate`` (messages a second), and ``"cluster"``: the same
         list with this node's id, the backplane's URL (no password), whether it is connected,
         ``node_timeout``, the channels it follows and its counters (gaps repaired,
-        duplicates dropped, messages skipped, epochs, rebases, reconnects, errors)."""
+        duplicates dropped, messages skipped, epochs, rebases, reconnects, errors); and
+        ``"moved_here"``: connections of other nodes continued here (their publish ids kept
+        their scope)."""
         return self._runner.call(self._broker.stats)
 
     def stop(self, timeout: float = 10.0) -> None:
