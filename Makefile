@@ -11,7 +11,7 @@ PORT ?= 8888
 LAB_DIR ?= my-notebooks
 PYTEST_ARGS ?=
 
-.PHONY: lab test lint typecheck bench browser tools clean
+.PHONY: lab test lint typecheck bench browser redis tools clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -37,11 +37,15 @@ typecheck: $(STAMP)
 browser:
 	@bash scripts/ensure-chromium.sh
 
+# The backplane tests start their own Redis (Debian's redis-server) on a free loopback port.
+redis:
+	@bash scripts/ensure-redis.sh
+
 # curl, for the tests that run the curl examples of docs/protocol.md
 tools:
 	@bash scripts/ensure-curl.sh
 
-test: $(STAMP) browser tools lint typecheck
+test: $(STAMP) browser redis tools lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -6,7 +6,7 @@ channels. See ``docs/protocol.md`` for the wire protocol and ``notebooks/`` for 
 
 import logging
 
-from rtkit import chaos, sim
+from rtkit import chaos, cluster, sim
 from rtkit.aio.broker import Broker
 from rtkit.aio.channel import Channel
 from rtkit.aio.client import Client, ResumeInfo
@@ -85,6 +85,7 @@ __all__ = [
     "TokenExpired",
     "Trigger",
     "chaos",
+    "cluster",
     "inspect_token",
     "run",
     "serve",

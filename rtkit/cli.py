@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="handshakes a second from one address (bursts of 4x, at least 20)")
     s.add_argument("--allowed-origin", action="append", default=None, metavar="ORIGIN",
                    help="a web origin whose pages may connect (repeatable; default: any)")
+    s.add_argument("--backplane", metavar="REDIS_URL",
+                   help="join a cluster: share channels with every broker started with this "
+                        "Redis URL (redis://host:port/db); give all nodes the same key")
+    s.add_argument("--node-timeout", type=float, default=15.0, metavar="SECONDS",
+                   help="with --backplane: a node silent this long is gone (its members "
+                        "leave)")
     s.add_argument("--log-level", default="WARNING")
     t = sub.add_parser("token", help="print a token signed with a key")
     _add_key_options(t, "the API key that signs")
@@ -126,8 +132,13 @@ async def _serve(args: argparse.Namespace, key: ApiKey | None,
         connection_attempt_rate=args.connection_attempt_rate,
         connection_attempt_burst=max(20, int(args.connection_attempt_rate * 4)),
         allowed_origins=tuple(args.allowed_origin) if args.allowed_origin else None,
+        node_timeout=args.node_timeout,
     )
-    broker = Broker(config, key)
+    if args.backplane and key is None:
+        print(f"rtkit: warning: this node made up its own root key; tokens signed by the "
+              f"other nodes' keys will be refused here: give every node the same key "
+              f"({KEY_ENV} or --key-file)", file=sys.stderr, flush=True)
+    broker = Broker(config, key, args.backplane)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before saying we are up
@@ -137,6 +148,8 @@ async def _serve(args: argparse.Namespace, key: ApiKey | None,
     # --host 0.0.0.0: print the addresses participants can use, not ws://0.0.0.0
     for line in listening_lines(args.host, broker.port, broker.url):
         print(line, flush=True)
+    if broker.node is not None:
+        print(f"node {broker.node.node_id} on backplane {args.backplane}", flush=True)
     print(f"root key: {broker.root_key.value}", flush=True)
     print("press Ctrl-C to stop", file=sys.stderr, flush=True)
     await stop.wait()
@@ -150,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             key, tls = _read_key(args, required=False), _tls(args)
             asyncio.run(_serve(args, key, tls))
+        except ConnectionError as exc:  # (the backplane; before OSError, its base)
+            print(f"rtkit: {exc}", file=sys.stderr)
+            return 1
         except OSError as exc:
             print(f"rtkit: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 1

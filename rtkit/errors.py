@@ -181,6 +181,7 @@ CODES: dict[int, str] = {
     42912: "too many connection attempts",
     50000: "internal server error",
     50001: "server shutting down",
+    50002: "channel history lost by the backplane: resume to learn what was lost",
     80000: "connection failed",
     80001: "connection closed",
     80002: "connection suspended",

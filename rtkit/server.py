@@ -6,6 +6,7 @@ kernel's loop; the broker lives in its own thread so it keeps serving other clie
 
 from __future__ import annotations
 
+import asyncio
 import ssl as ssl_module
 import time
 from dataclasses import fields
@@ -66,14 +67,16 @@ class Server:
         )
 
     def create_key(self, capabilities: CapabilityMap, key_id: str | None = None) -> str:
-        """A new API key limited to ``capabilities`` (its tokens are limited to them too)."""
+        """A new API key limited to ``capabilities`` (its tokens are limited to them too).
+        In a cluster every node accepts it (it is stored in the backplane)."""
         key = ApiKey.generate(key_id, Capability.of(capabilities))
-        self._runner.call(lambda: self._broker.keys.add(key))
+        self._runner.call(lambda: self._broker.add_key(key))
         return key.value
 
     def revoke_key(self, key_id: str) -> int:
         """Refuse the key and every token it signed from now on, and end the live connections
-        that use them (error 40108). Returns how many connections were ended."""
+        that use them (error 40108). Returns how many connections were ended here (in a
+        cluster every node does the same with its own)."""
         return self._runner.call(lambda: self._broker.revoke_key(key_id))
 
     def expire_tokens(self, client_id: str | None = None) -> int:
@@ -87,12 +90,35 @@ class Server:
         """Live counters from the broker thread, and under ``"resources"`` each bounded
         resource as ``{"used": ..., "limit": ...}``: connections (total and per address),
         channels (total and created per client), stored history bytes (broker and largest
-        channel), presence memberships, resumable connections, outbound buffer bytes."""
+        channel), presence memberships, resumable connections, outbound buffer bytes.
+
+        A node of a cluster adds ``"nodes"``: every node the backplane knows, each with its
+        ``node`` id, ``url``, ``connections``, ``published`` and ``received`` counters and
+        ``publish_rate``/``receive_rate`` (messages a second), and ``"cluster"``: the same
+        list with this node's id, the backplane's URL (no password), whether it is connected,
+        ``node_timeout``, the channels it follows and its counters (gaps repaired,
+        duplicates dropped, messages skipped, epochs, rebases, reconnects, errors); and
+        ``"moved_here"``: connections of other nodes continued here (their publish ids kept
+        their scope)."""
         return self._runner.call(self._broker.stats)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Close every client connection and stop the broker thread. Safe to call twice."""
         self._runner.stop(timeout)
+
+    def crash(self, timeout: float = 10.0) -> None:
+        """Stop at once, as if the process had died: every connection is aborted without a
+        closing handshake and, in a cluster, the backplane is not told (the other nodes
+        remove this node's members after ``node_timeout``). For showing and testing what
+        clients do when a node dies."""
+        if self._runner.alive:
+            asyncio.run_coroutine_threadsafe(self._broker.crash(), self._loop).result(timeout)
+        self._runner.stop(timeout)
+
+    @property
+    def node_id(self) -> str | None:
+        """This node's id in its cluster (None without a backplane)."""
+        return self._broker.node.node_id if self._broker.node is not None else None
 
     def __enter__(self) -> Server:
         return self
@@ -112,7 +138,7 @@ async def _value(fn: Any) -> Any:
 
 def serve(
     host: str = "127.0.0.1", port: int = 0, *, root_key: str | None = None,
-    ssl: ssl_module.SSLContext | None = None, **options: Any
+    ssl: ssl_module.SSLContext | None = None, backplane: str | None = None, **options: Any
 ) -> Server:
     """Start a broker in a background thread and return once it is listening.
 
@@ -123,13 +149,21 @@ def serve(
     ``ssl`` (an :class:`ssl.SSLContext` for a server, with its certificate loaded) serves
     TLS: the URL is then ``wss://``. Re-running the notebook cell that called ``serve()``
     stops the server it started before.
+
+    ``backplane="redis://host:port/db"`` makes this broker a **node of a cluster**: every
+    broker started with the same backplane shares its channels (one serial sequence per
+    channel, assigned in Redis; history, idempotent publishes and presence shared), so a
+    client may publish on one node, subscribe on another, and resume on any. Nodes must
+    share their keys: start them with the same ``root_key``. A node that stops refreshing
+    its record for ``node_timeout`` seconds (15) is gone and its presence members leave.
+    Needs a reachable Redis (``rtkit.aio.backplane.BackplaneUnavailable`` otherwise).
     """
     unknown = set(options) - _OPTION_NAMES
     if unknown:
         raise TypeError(f"unknown broker option(s): {', '.join(sorted(unknown))}")
     config = BrokerConfig(**options)
     key = ApiKey.parse(root_key) if root_key else None
-    broker = Broker(config, key)
+    broker = Broker(config, key, backplane)
     runner = LoopThread(f"rtkit-broker-{port}", lambda: broker.start(host, port, ssl),
                         broker.stop)
     server = Server(broker, runner)

@@ -57,3 +57,35 @@ async def connect(server: rtkit.Server) -> AsyncIterator[Callable[..., Awaitable
     yield make
     for client in clients:
         await client.close()
+
+
+# ---------------------------------------------------------------- Redis, for the backplane
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[rtkit.cluster.RedisServer]:
+    """A private redis-server on a free loopback port for the whole run (started by the
+    tests, stopped at the end). Without the program the tests that need it are skipped,
+    except under CI=true, where they fail: CI must run them (``make test`` installs it)."""
+    if not rtkit.cluster.redis_available():
+        message = ("redis-server is not installed: `make test` installs Debian's package "
+                   "when run as root (scripts/ensure-redis.sh)")
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    with rtkit.cluster.RedisServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def redis_url(redis_server: rtkit.cluster.RedisServer) -> str:
+    """The shared Redis, started if it was stopped, and emptied for this test."""
+    import redis
+
+    redis_server.start()
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_server.url

@@ -120,6 +120,23 @@ def test_hostile_smoke_run_prints_quiet_and_attacked_latency() -> None:
     assert "worst attacked p99" in result.stdout
 
 
+def test_cluster_smoke_run_compares_nodes_with_the_in_memory_broker(
+        redis_server: object) -> None:
+    # (the fixture only checks that redis-server exists: the benchmark starts its own)
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "cluster.py"), "--subscribers", "10", "--nodes", "0,2",
+         "--messages", "300"],
+        capture_output=True, text=True, timeout=scaled(180),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "INCOMPLETE" not in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines()
+            if line.split()[:1] == ["10"]]
+    assert [r[1:3] for r in rows] == [["in", "memory"], ["2", "redis"]]
+    assert all(float(r[4].replace(",", "")) > 0 for r in rows)
+    assert "us per script" in result.stdout and "Bound:" in result.stdout
+
+
 def test_client_smoke_run_prints_ratios_against_websockets() -> None:
     result = subprocess.run([sys.executable, str(BENCH / "client.py"), "--quick"],
                             capture_output=True, text=True, timeout=scaled(120))

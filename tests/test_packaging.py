@@ -9,9 +9,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: PyPI name -> conda-forge name, where they differ (conda-forge's "redis" is not redis-py).
+CONDA_NAMES = {"redis": "redis-py"}
+
+
 def _names(requirements: list[str]) -> set[str]:
-    return {re.split(r"[<>=!\[ ]", r, maxsplit=1)[0].lower().replace("_", "-")
-            for r in requirements}
+    names = {re.split(r"[<>=!\[ ]", r, maxsplit=1)[0].lower().replace("_", "-")
+             for r in requirements}
+    return {CONDA_NAMES.get(n, n) for n in names}
 
 
 def test_top_level_layout() -> None:

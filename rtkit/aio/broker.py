@@ -25,20 +25,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import secrets
 import ssl as ssl_module
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
 
-from rtkit.aio.conn import EVENTS, HTTP, SSE, WEBSOCKET, Connection
+from rtkit.aio.conn import EVENTS, HTTP, REPLY, SSE, WEBSOCKET, Connection
 from rtkit.aio.httpapi import HttpApi
 from rtkit.aio.ssesession import event_bytes
+from rtkit.core.backplane import NodeView
 from rtkit.core.broker import BrokerConfig, BrokerCore, Disconnect, Send, Session
 from rtkit.core.tokens import ApiKey, KeyStore
 from rtkit.core.wsframes import OP_PING, frame
 from rtkit.errors import RtkitError
+
+if TYPE_CHECKING:
+    from rtkit.aio.backplane import RedisBackplane
 
 log = logging.getLogger("rtkit.broker")
 
@@ -53,12 +59,26 @@ class Broker:
     """An rtkit broker running in the current event loop (see :func:`rtkit.serve` for a thread)."""
 
     def __init__(
-        self, config: BrokerConfig | None = None, root_key: ApiKey | None = None
+        self, config: BrokerConfig | None = None, root_key: ApiKey | None = None,
+        backplane: str | None = None,
     ) -> None:
+        """``backplane``: a Redis URL (``redis://host:port/db``) shared with the other
+        nodes of a cluster; None (the default) keeps every channel in this process."""
         self.config = config or BrokerConfig()
         self.root_key = root_key or ApiKey.generate("root")
         self.keys = KeyStore([self.root_key])
-        self.core = BrokerCore(self.config, self.keys)
+        self.node: NodeView | None = None
+        self.backplane: RedisBackplane | None = None
+        if backplane is not None:
+            self.node = NodeView(secrets.token_hex(4), self.config.node_timeout)
+        # Connection keys signed alike on every node that shares the root key.
+        secret = None if backplane is None else hashlib.sha256(
+            b"rtkit connection keys\0" + self.root_key.value.encode()).digest()
+        self.core = BrokerCore(self.config, self.keys, node=self.node, cluster_secret=secret)
+        if backplane is not None:
+            from rtkit.aio.backplane import RedisBackplane  # (redis is imported only here)
+
+            self.backplane = RedisBackplane(backplane, self)
         self.connections: set[Connection] = set()
         #: Connections whose session has replays or long answers left to write.
         self.streaming: set[Any] = set()
@@ -91,6 +111,13 @@ class Broker:
         )
         sock = self._server.sockets[0].getsockname()
         self.host, self.port = sock[0], sock[1]
+        if self.backplane is not None:
+            try:
+                await self.backplane.start()
+            except ConnectionError:
+                self._server.close()
+                self._server = None
+                raise
         self._ticker = asyncio.create_task(self._tick_forever())
         log.info("rtkit broker listening on %s", self.url)
 
@@ -119,7 +146,30 @@ class Broker:
         for conn in list(self.connections):
             conn.abort()
         await asyncio.sleep(0)  # let connection_lost run
+        if self.backplane is not None:
+            self._flush()  # (the members that left)
+            await self.backplane.stop()
         await server.wait_closed()
+
+    async def crash(self) -> None:
+        """Stop at once, without a goodbye, as if the process had died: connections are
+        aborted (clients see a broken link), nothing is flushed, and a backplane is left
+        without being told (the other nodes find out after ``node_timeout``)."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.close()
+        if self.backplane is not None:
+            await self.backplane.crash()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        self.core.outbox.take()
+        for conn in list(self.connections):
+            conn.abort()
+        await asyncio.sleep(0)
+        self.core.outbox.take()
 
     # ---------------------------------------------------------------- connections
 
@@ -173,6 +223,8 @@ class Broker:
     def _flush(self) -> None:
         self._flush_handle = None
         touched: list[Any] = []
+        if self.node is not None and self.backplane is not None:
+            self.backplane.perform(self.node.take())
         for item in self.core.take_output():
             # Plain code, nothing awaited: no cancellation can arrive here. Whatever one item
             # raises (it should not), the others are still sent.
@@ -205,6 +257,8 @@ class Broker:
                             if not conn.out:
                                 touched.append(conn)
                             conn.queue(events)
+                        elif mode == REPLY:
+                            conn.answer(item.text)
                 elif isinstance(item, Disconnect):
                     self._disconnect(item)
             except Exception:
@@ -224,7 +278,8 @@ class Broker:
                 conn.abort()
         if self.streaming:
             self._pump_streams()
-        if self.core.outbox.items or self.core.ops.dirty:
+        if self.core.outbox.items or self.core.ops.dirty or (
+                self.node is not None and self.node.effects):
             self.schedule_flush()
 
     def _pump_streams(self) -> None:
@@ -290,8 +345,22 @@ class Broker:
                 conn.flush_out()
                 conn.send_control(_PING)
 
+    def add_key(self, key: ApiKey) -> None:
+        """Accept ``key`` (and the tokens it signs); in a cluster, on every node."""
+        self.keys.add(key)
+        if self.backplane is not None:
+            self.backplane.share_key(key)
+
     def revoke_key(self, key_id: str) -> int:
-        """Refuse ``key_id`` and its tokens from now on and end their live sessions (40108)."""
+        """Refuse ``key_id`` and its tokens from now on and end their live sessions (40108);
+        in a cluster, on every node. Returns how many sessions ended here."""
+        hit = self.apply_revocation(key_id)
+        if self.backplane is not None:
+            self.backplane.share_revocation(key_id)
+        return hit
+
+    def apply_revocation(self, key_id: str) -> int:
+        """Revoke ``key_id`` here (a revocation made on this node or heard from another)."""
         hit = self.core.revoke_key(key_id, time.monotonic())
         self._flush()
         return hit
@@ -314,7 +383,7 @@ class Broker:
             "used": max((c.buffered() for c in self.connections), default=0),
             "limit": self.config.max_outbound_buffer}
         ledger = core.registry.ledger
-        return {
+        out = {
             **self.counts(),
             "sse_sessions": len(self.http.sse),
             "event_streams": len(self.http.events),
@@ -326,6 +395,10 @@ class Broker:
             "pending_requests": sum(1 for c in self.connections if c.mode == HTTP),
             "resources": resources,
         }
+        if self.backplane is not None:
+            out["cluster"] = cluster = self.backplane.describe()
+            out["nodes"] = cluster["nodes"]  # (the cluster's nodes, at the top too)
+        return out
 
 
 def _text_frame(payload: bytes) -> bytes:

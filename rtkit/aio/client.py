@@ -16,7 +16,7 @@ import random
 import secrets
 import ssl as ssl_module
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -73,12 +73,20 @@ class Client(Observable):
     Liveness: a link silent for the broker's heartbeat interval plus ``heartbeat_grace``
     (default half the interval) is dropped. Publishes wait for their ack in a queue of at
     most ``max_queued_bytes`` (16 MiB; ``max_queued_publishes`` adds a count limit).
+
+    ``fallback_urls``: other nodes of a cluster (brokers sharing a backplane). When the
+    node in use refuses, times out or goes away, the next attempt goes to one of the others
+    (at random, with the same backoff and jitter) and every channel resumes there from its
+    last serial: the history is shared, so nothing is lost. :attr:`current_url` is the one
+    in use. An attempt that fails may change both: the next one goes to another node, over
+    the next transport when this one did not get through.
     """
 
     def __init__(
         self,
         url: str,
         *,
+        fallback_urls: Sequence[str] = (),
         key: str | None = None,
         token: str | None = None,
         auth_callback: AuthCallback | None = None,
@@ -114,8 +122,11 @@ class Client(Observable):
         self._ssl = ssl
         self._auth_callback = auth_callback
         self._rng: RandomSource = random_source or random.Random()
+        if isinstance(fallback_urls, str):
+            raise TypeError("fallback_urls is a list of URLs")
         config = ClientConfig(
-            url=url, key=key, token=token, renewable=auth_callback is not None,
+            url=url, fallback_urls=tuple(fallback_urls), key=key, token=token,
+            renewable=auth_callback is not None,
             client_id=client_id, request_timeout=request_timeout,
             connect_timeout=connect_timeout, heartbeat_grace=heartbeat_grace,
             backoff=self.backoff, suspended_retry_interval=suspended_retry_interval,
@@ -387,6 +398,11 @@ class Client(Observable):
             self._core.withdraw(op, self._now())
             self._pump()
             raise
+
+    @property
+    def current_url(self) -> str:
+        """The broker URL in use (or tried next): ``url`` or one of ``fallback_urls``."""
+        return self._core.url
 
     def _new_message_id(self) -> str:
         return f"{self._instance}:{next(self._ids)}"

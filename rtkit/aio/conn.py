@@ -48,9 +48,10 @@ MAX_REQUEST_HEAD = 16 * 1024
 KEEPALIVE_IDLE = 30.0
 
 #: Modes of a connection. STREAM: a long HTTP response (an event stream) is being written.
-#: SSE and EVENTS are the modes of the session transports of ``rtkit.aio.ssesession`` (the
-#: broker's flush tells its targets apart by ``mode``).
-HTTP, WEBSOCKET, CLOSING, CLOSED, STREAM, SSE, EVENTS = range(7)
+#: SSE and EVENTS are the modes of the session transports of ``rtkit.aio.ssesession``, REPLY
+#: that of a REST publish answered later (``rtkit.aio.httpapi``; the broker's flush tells
+#: its targets apart by ``mode``).
+HTTP, WEBSOCKET, CLOSING, CLOSED, STREAM, SSE, EVENTS, REPLY = range(8)
 
 
 class Connection(asyncio.Protocol):

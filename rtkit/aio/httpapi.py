@@ -9,14 +9,16 @@ transport's sessions and the channel event streams are :mod:`rtkit.aio.ssesessio
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import logging
 import time
 from typing import TYPE_CHECKING
 
 import h11
 
-from rtkit.aio.conn import Connection, _headers
+from rtkit.aio.conn import REPLY, Connection, _headers
 from rtkit.aio.ssesession import (
     KEEPALIVE,
     KEEPALIVE_COMMENT,
@@ -26,6 +28,7 @@ from rtkit.aio.ssesession import (
     SseSession,
 )
 from rtkit.core.rest import (
+    Later,
     MethodNotAllowed,
     Reply,
     RestApi,
@@ -33,6 +36,7 @@ from rtkit.core.rest import (
     error_reply,
     http_status,
     json_reply,
+    publish_reply,
     route,
     split_target,
 )
@@ -85,6 +89,11 @@ class HttpApi:
         except RtkitError as exc:
             self._reply(conn, error_reply(exc))
 
+    def answered(self, conn: Connection, text: str) -> None:
+        """The broker's ``ack``/``nack`` of a REST publish, handed to the backplane by a
+        node of a cluster (see :class:`PendingReply`)."""
+        self._reply(conn, publish_reply(json.loads(text)))
+
     def _reply(self, conn: Connection, reply: Reply) -> None:
         conn.respond(reply.status, reply.body, list(reply.headers), reply.content_type)
 
@@ -92,15 +101,33 @@ class HttpApi:
               headers: dict[str, str], body: bytes, now: float) -> None:
         rest = self.rest
         caller = rest.caller(headers, now)
+        reply: Reply | None
         if kind == "publish":
-            self._reply(conn, rest.publish(caller, channel, body, now))
+            if self.broker.backplane is not None:  # a node of a cluster answers later
+                caller.transport = PendingReply(self, conn)
+            reply = rest.publish(caller, channel, body, now)
             self.broker.schedule_flush()
         elif kind == "history":
-            self._reply(conn, rest.history(caller, channel, params, now))
+            reply = rest.history(caller, channel, params, now, self._later(conn))
         elif kind == "presence":
-            self._reply(conn, rest.presence(caller, channel))
+            reply = rest.presence(caller, channel, self._later(conn))
         else:
             self._events(conn, caller, channel, headers, now)
+            return
+        if reply is not None:
+            self._reply(conn, reply)
+        else:
+            self.broker.schedule_flush()  # (what the backplane must do for it)
+
+    def _later(self, conn: Connection) -> Later:
+        """Reply to ``conn``'s request when its answer is ready (on a node of a cluster,
+        after the backplane's), from the event loop rather than from inside the core."""
+        loop = asyncio.get_running_loop()
+
+        def later(reply: Reply) -> None:
+            loop.call_soon(self._reply, conn, reply)
+
+        return later
 
     # ---------------------------------------------------------------- the SSE transport
 
@@ -212,3 +239,19 @@ def _event_id(value: str | None, name: str = "Last-Event-ID") -> int | None:
         raise ProtocolError(f"{name} must be an integer", code=40003)
     return int(value)
 
+
+
+class PendingReply:
+    """The transport of a REST publish's caller: on a node of a cluster the publish is
+    answered by the backplane, later; the broker's flush hands the ``ack`` or ``nack`` sent
+    to it here, and it becomes the HTTP response."""
+
+    mode = REPLY
+    __slots__ = ("api", "conn")
+
+    def __init__(self, api: HttpApi, conn: Connection) -> None:
+        self.api = api
+        self.conn = conn
+
+    def answer(self, text: str) -> None:
+        asyncio.get_running_loop().call_soon(self.api.answered, self.conn, text)

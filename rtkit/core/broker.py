@@ -19,6 +19,9 @@ presence is indexed by session, and idle channels are reclaimed a few at a time.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import itertools
 import math
 import secrets
@@ -27,8 +30,10 @@ from collections.abc import Callable
 from typing import Any
 
 from rtkit.core import frames as fr
+from rtkit.core.backplane import NodeView
 from rtkit.core.channel_ops import ChannelOps
 from rtkit.core.channels import Channel, ChannelRegistry
+from rtkit.core.cluster_ops import ClusterOps
 from rtkit.core.config import PREAUTH_FRAMES, BrokerConfig
 from rtkit.core.gate import ConnectionGate
 from rtkit.core.intake import fast_publish
@@ -67,8 +72,16 @@ class BrokerCore:
         config: BrokerConfig,
         keys: KeyStore,
         bucket_factory: Callable[[], Any] | None = None,
+        node: NodeView | None = None,
+        cluster_secret: bytes | None = None,
     ) -> None:
+        """``node``: this broker is a node of a cluster sharing its channels through a
+        backplane (see ``rtkit.core.cluster_ops``); without it channels live here alone.
+        ``cluster_secret`` (a node: the same on every node) signs connection keys, so that a
+        connection that moves to another node keeps the scope of its publish ids there (see
+        :meth:`_moved_here`)."""
         self.config = config
+        self.cluster_secret = cluster_secret
         self.keys = keys
         self.sessions: dict[str, Session] = {}
         self.parked: OrderedDict[str, Parked] = OrderedDict()  # by connection_key, oldest first
@@ -80,7 +93,14 @@ class BrokerCore:
             "protocol_errors": 0, "rate_limited": 0, "slow_consumers": 0, "resumed": 0,
             "resume_refused": 0, "replayed": 0, "continuity_lost": 0, "revoked": 0,
         }
-        self.ops = ChannelOps(config, self.registry, self.outbox, self.stats, self._refuse)
+        if cluster_secret is not None:
+            self.stats["moved_here"] = 0  # connections continued from another node
+        # Chosen once: the in-memory broker runs ChannelOps and pays nothing for a cluster.
+        self.ops: ChannelOps = (
+            ChannelOps(config, self.registry, self.outbox, self.stats, self._refuse)
+            if node is None else
+            ClusterOps(config, self.registry, self.outbox, self.stats, self._refuse, node,
+                       self.sessions, lambda s, err: self._fatal(s, err, None), self.wall))
         self._bucket_factory = bucket_factory or (
             lambda: TokenBucket(config.publish_rate, config.publish_burst)
         )
@@ -225,10 +245,7 @@ class BrokerCore:
         if isinstance(f, fr.Auth):
             return self._on_auth(s, f, now)
         if isinstance(f, fr.Close):
-            s.resumable = False
-            self.outbox.send(s, fr.Closed(ref=f.ref))
-            self.outbox.disconnect(s, 1000, "closed by client")
-            return None
+            return ops.close(s, f.ref)
         raise ProtocolError(code=40002)  # pragma: no cover - table and dispatch agree
 
     # ---------------------------------------------------------------- connect and auth
@@ -263,6 +280,8 @@ class BrokerCore:
             return self._fatal(s, exc, f.ref)
         s.connected, s.client_id, s.capability = True, client_id, cap
         s.client_id_json = fr.dumps(client_id)
+        if self.cluster_secret is not None:
+            s.connection_key = self._signed_key(s.connection_id, s.connection_id, client_id)
         s.token_expires, s.key_id = expires, key_id
         self.timers.token(s)
         self.timers.connected(s, now)
@@ -297,6 +316,8 @@ class BrokerCore:
                     or not secrets.compare_digest(old.connection_key, key)
                     or old.client_id != s.client_id):
                 self.stats["resume_refused"] += 1
+                if old is None:
+                    self._moved_here(s, key)
                 return False
             old.resumable = False
             self.outbox.disconnect(old, 4409, "superseded by a resumed connection")
@@ -312,9 +333,37 @@ class BrokerCore:
         if self.sessions.get(s.connection_id) is s:
             del self.sessions[s.connection_id]
         s.connection_id, s.connection_key, s.published = parked.connection_id, key, parked.published
+        if self.cluster_secret is not None:
+            origin = key.partition("!")[2].rpartition(".")[0]
+            s.origin = origin if origin != s.connection_id else None
         self.sessions[s.connection_id] = s
         self.stats["resumed"] += 1
         return True
+
+    def _signed_key(self, connection_id: str, origin: str, client_id: str | None) -> str:
+        """A node's connection key: ``<id>!<origin>.<signature>``, where ``origin`` is the
+        connection that scopes its publish ids (itself, or the one it continues), signed
+        with the client id so that every node of the cluster can check it."""
+        assert self.cluster_secret is not None
+        who = "-" if client_id is None else f"u{client_id}"
+        mac = hmac.new(self.cluster_secret, f"{connection_id}\0{origin}\0{who}".encode(),
+                       hashlib.sha256).digest()
+        return f"{connection_id}!{origin}.{base64.urlsafe_b64encode(mac[:18]).decode()}"
+
+    def _moved_here(self, s: Session, key: str) -> None:
+        """A connection of another node of the cluster (its key signed for the same client)
+        asks to resume here. Its state cannot be (it lived on that node: every channel
+        resumes from its serial instead, and presence is entered again), but ``s``
+        continues it: its publish ids keep their scope, so a publish sent again here after
+        its node died unanswered is still recognised as a duplicate."""
+        cid, _, rest = key.partition("!")
+        origin = rest.rpartition(".")[0]
+        if (self.cluster_secret is None or not origin
+                or not secrets.compare_digest(self._signed_key(cid, origin, s.client_id), key)):
+            return
+        s.origin = origin
+        s.connection_key = self._signed_key(s.connection_id, origin, s.client_id)
+        self.stats["moved_here"] += 1
 
     def _on_auth(self, s: Session, f: fr.Auth, now: float) -> None:
         try:
@@ -394,9 +443,9 @@ class BrokerCore:
         return self.ops.streamer.pump(s, budget)
 
     def _fatal(self, s: Session, err: RtkitError, ref: fr.Ref | None) -> None:
-        # An expired token or a slow reader may come back and resume; refused credentials
-        # or a protocol abuser may not.
-        s.resumable = err.code in (40140, 42903)
+        # An expired token, a slow reader or a channel whose shared history was lost (50002)
+        # may come back and resume; refused credentials or a protocol abuser may not.
+        s.resumable = err.code in (40140, 42903, 50002)
         self.outbox.send(s, fr.Error(ref=ref, error=err, fatal=True))
         self.outbox.disconnect(s, close_code_for(err), f"{err.code} {err.message}"[:120])
         self.session_lost(s, self.now)

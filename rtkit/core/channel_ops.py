@@ -73,13 +73,19 @@ class ChannelOps:
         elif f.rewind:
             ch.store.expire(now)
             replay_from = max(1, ch.serial - min(f.rewind, self.config.history_size) + 1)
+        self.attached(s, f.ref, ch, replay_from, lost, lost_from, lost_to)
+
+    def attached(self, s: Session, ref: fr.Ref | None, ch: Channel, replay_from: int | None,
+                 lost: bool, lost_from: int | None, lost_to: int | None) -> None:
+        """Answer an attach and make ``s`` a subscriber, after replaying from
+        ``replay_from`` if given."""
         # What is already queued goes to the current subscribers first (this session too,
         # if it is one), so 'attached' and any replay come after it.
         self.seal(ch)
         # Attaching again replaces what was under way for this channel.
         self.streamer.cancel(s, ch)
         s.channels.add(ch.name)
-        self.outbox.send(s, fr.Attached(ref=f.ref, channel=ch.name, serial=ch.serial,
+        self.outbox.send(s, fr.Attached(ref=ref, channel=ch.name, serial=ch.serial,
                                         epoch=ch.epoch, lost=lost, lost_from=lost_from,
                                         lost_to=lost_to))
         if replay_from is not None and replay_from <= ch.serial:
@@ -260,6 +266,12 @@ class ChannelOps:
             self.registry.reclaim_if_idle(ch)
 
     # ---------------------------------------------------------------- sessions
+
+    def close(self, s: Session, ref: fr.Ref | None) -> None:
+        """The client says goodbye: ``closed``, then the transport is closed."""
+        s.resumable = False
+        self.outbox.send(s, fr.Closed(ref=ref))
+        self.outbox.disconnect(s, 1000, "closed by client")
 
     def session_gone(self, s: Session) -> None:
         """Detach ``s`` everywhere, drop its streams and leave its presence (announced)."""

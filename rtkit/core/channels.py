@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any, Literal
 
 from rtkit.core.config import BrokerConfig
@@ -98,11 +99,14 @@ class Channel:
         self.members[key] = member
         return "update" if existed else "enter"
 
-    def is_idle(self) -> bool:
-        """No subscribers, members, replays or stored messages: safe to forget."""
-        return (not self.subscribers and not self.members and not self.attaching
-                and not self.store.records and not self.store.ids and not self.pending
-                and not self.pending_events)
+    def is_idle(self, shared: bool = False) -> bool:
+        """No subscribers, members, replays or stored messages: safe to forget. ``shared``
+        (with a backplane): the stored messages and the members are copies of what the
+        backplane keeps (the registry asks separately about this node's own members)."""
+        return (not self.subscribers and not self.attaching and not self.pending
+                and not self.pending_events
+                and (shared or (not self.members and not self.store.records
+                                and not self.store.ids)))
 
 
 class ChannelRegistry:
@@ -123,6 +127,13 @@ class ChannelRegistry:
         # used again continues its numbering and resuming clients see no false loss.
         self.tombstones: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._rotation: deque[Channel] = deque()
+        #: With a backplane: stored messages and members are copies (the backplane keeps
+        #: the channel's history, numbering and members), so only this node's own members
+        #: (``own_members``) keep a channel alive, and ``on_reclaim`` is told of every
+        #: channel forgotten.
+        self.shared = False
+        self.own_members: Callable[[Channel], bool] | None = None
+        self.on_reclaim: Callable[[Channel], None] | None = None
 
     def __len__(self) -> int:
         return len(self.channels)
@@ -155,7 +166,9 @@ class ChannelRegistry:
 
     def reclaim_if_idle(self, ch: Channel) -> bool:
         """Forget ``ch`` if nothing uses it any more; returns whether it was forgotten."""
-        if ch.dead or not ch.is_idle() or self.channels.get(ch.name) is not ch:
+        if ch.dead or not ch.is_idle(self.shared) or self.channels.get(ch.name) is not ch:
+            return False
+        if self.own_members is not None and self.own_members(ch):
             return False
         ch.dead = True
         del self.channels[ch.name]
@@ -168,6 +181,8 @@ class ChannelRegistry:
         self.tombstones[ch.name] = (ch.epoch, ch.serial)
         if len(self.tombstones) > self.config.max_channels:
             self.tombstones.popitem(last=False)
+        if self.on_reclaim is not None:
+            self.on_reclaim(ch)
         return True
 
     def sweep(self, now: float) -> int:

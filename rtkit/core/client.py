@@ -103,6 +103,11 @@ class ClientCore:
         self._resume_connected = 0.0
         self._resumed_flag = False
         self._replayed_before = 0
+        self._rng = rng
+        #: The broker URLs: ``config.url``, then ``config.fallback_urls`` (other nodes of a
+        #: cluster); ``url_index`` names the one in use.
+        self.urls = (config.url, *config.fallback_urls)
+        self.url_index = 0
         if recover is not None:
             self.resume_key = recover.connection_key
             for name, (serial, epoch) in recover.channels.items():
@@ -372,13 +377,26 @@ class ClientCore:
             self.schedule.begin(now, self.config.connect_timeout)
             self._open_link(now)
 
+    @property
+    def url(self) -> str:
+        """The broker URL the current (or next) connection attempt uses."""
+        return self.urls[self.url_index]
+
+    def _next_url(self) -> None:
+        """This node refused, timed out or went away: the next attempt goes to another,
+        chosen at random among the others (so the clients of a dead node spread over the
+        nodes left; each resumes there, with the same backoff and jitter)."""
+        if len(self.urls) > 1:
+            others = [i for i in range(len(self.urls)) if i != self.url_index]
+            self.url_index = others[min(len(others) - 1, int(self._rng.random() * len(others)))]
+
     def _open_link(self, now: float) -> None:
         self._link = next(self._link_ids)
         self.link_open = False
         self.close_error = None
         self.schedule.attempt_deadline = now + self.config.connect_timeout
         self.link_transport = self.transports.current
-        self.out.append(OpenLink(self.config.url, self.link_transport))
+        self.out.append(OpenLink(self.url, self.link_transport))
 
     @property
     def link_id(self) -> int:
@@ -437,6 +455,8 @@ class ClientCore:
             self.publishing.fail(ConnectionClosed("the client was closed"))
             self.transition(Trigger.TRANSPORT_LOST, "closed", now)
         elif state is S.CONNECTED:
+            if err.code == 50001:  # the broker is shutting down: another node at once
+                self._next_url()
             self.schedule.lost(now)
             self.transports.disconnected()
             if report:
@@ -459,6 +479,7 @@ class ClientCore:
         if self._is_fatal(err):
             self._fail(err, now)
             return
+        self._next_url()
         self.schedule.failed(now)
         reason = f"connect failed: {err.message}"
         switched = self.transports.attempt_failed(self.link_transport, err, opened)
@@ -670,7 +691,7 @@ class ClientCore:
             self.link_down(self._link, err, now)
             return
         if self.transports.probe_due(now):
-            self.out.append(Probe(self.config.url, self.transports.preferred))
+            self.out.append(Probe(self.url, self.transports.preferred))
         if sched.ping_due(now):
             self.requests.trim_pings()
             self.requests.send(fr.Heartbeat, Pending("ping", None, None, now))

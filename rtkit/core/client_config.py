@@ -14,6 +14,9 @@ class ClientConfig:
     """A client's options (times in seconds on the client's monotonic clock)."""
 
     url: str = "ws://127.0.0.1"
+    #: Other nodes of the same cluster, tried when the current one refuses, times out or
+    #: goes away (see ``ClientCore.url``).
+    fallback_urls: tuple[str, ...] = ()
     key: str | None = None
     token: str | None = None
     #: An auth_callback exists: tokens can be renewed.

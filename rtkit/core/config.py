@@ -62,9 +62,14 @@ class BrokerConfig:
     connection_attempt_rate: float = 100.0
     connection_attempt_burst: int = 1000
     allowed_origins: tuple[str, ...] | None = None
+    # -- a cluster (with a backplane): a node that has not refreshed its record for this
+    #    long is gone and its presence members leave (it refreshes every third of it)
+    node_timeout: float = 15.0
 
     def __post_init__(self) -> None:
         problems = []
+        if self.node_timeout <= 0:
+            problems.append("node_timeout must be > 0")
         if self.heartbeat_interval <= 0 or self.connection_state_ttl < 0:
             problems.append("heartbeat_interval must be > 0 and connection_state_ttl >= 0")
         if self.history_size < 0 or self.history_ttl < 0 or self.auth_timeout <= 0:

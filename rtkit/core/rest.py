@@ -23,12 +23,15 @@ import binascii
 import itertools
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
 from rtkit.core import frames as fr
 from rtkit.core.broker import BrokerCore, Send, Session
+from rtkit.core.channels import Channel
+from rtkit.core.cluster_ops import ClusterOps
 from rtkit.core.intake import raw_data
 from rtkit.core.store import FRAGMENT, SIZE
 from rtkit.core.timing import TokenBucket
@@ -40,6 +43,9 @@ MAX_TRACKED_CALLERS = 65_536
 _ids = itertools.count(1)
 
 JSON = "application/json"
+#: Sends a reply that could not be given at once (on a node of a cluster, what the request
+#: needs comes from the backplane).
+Later = Callable[["Reply"], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +92,7 @@ def http_status(code: int) -> int:
         return 413
     if code in (40300, 40301):
         return 403
-    if code == 50001:
+    if code in (50000, 50001):  # (50000: a node of a cluster without its backplane)
         return 503
     group = code // 100
     return {400: 400, 401: 401, 403: 403, 404: 404, 408: 408, 429: 429}.get(group, 500)
@@ -101,6 +107,16 @@ def error_reply(err: RtkitError, status: int | None = None) -> Reply:
         headers = (("WWW-Authenticate", 'Bearer realm="rtkit", Basic realm="rtkit"'),)
     body = json.dumps({"error": err.to_wire()}, separators=(",", ":")).encode() + b"\n"
     return Reply(status, body, headers)
+
+
+def publish_reply(answer: dict[str, Any]) -> Reply:
+    """The reply to a publish from the broker's ``ack`` or ``nack`` of it."""
+    if answer.get("action") == "ack":
+        result = {k: answer[k] for k in ("channel", "id", "serial", "timestamp")}
+        if answer.get("duplicate"):
+            result["duplicate"] = True
+        return json_reply(result, 200 if answer.get("duplicate") else 201)
+    return error_reply(error_from_wire(answer.get("error")))
 
 
 def json_reply(obj: Any, status: int = 200) -> Reply:
@@ -248,10 +264,12 @@ class RestApi:
 
     # ---------------------------------------------------------------- publish
 
-    def publish(self, s: RestCaller, channel: str, body: bytes, now: float) -> Reply:
+    def publish(self, s: RestCaller, channel: str, body: bytes, now: float) -> Reply | None:
         """``POST /channels/{channel}/messages`` with ``{"name", "data", "id"?}``: 201 with
         ``{"channel", "id", "serial", "timestamp"}`` once stored, 200 with ``"duplicate":
-        true`` for an id this publisher already used."""
+        true`` for an id this publisher already used. None on a node of a cluster: the
+        backplane answers later, with an ``ack`` or ``nack`` sent to ``s`` (its transport
+        makes it the reply with :func:`publish_reply`)."""
         try:
             text = body.decode()
         except UnicodeDecodeError:
@@ -272,14 +290,13 @@ class RestApi:
         data_json = raw_data(text) or fallback
         core.ops.publish(s, None, f.channel, f.name, data_json, f.id, now, core.wall(now))
         answer = self._take_answer(s)
-        if answer.get("action") == "ack":
-            result = {k: answer[k] for k in ("channel", "id", "serial", "timestamp")}
-            if answer.get("duplicate"):
-                result["duplicate"] = True
-            return json_reply(result, 200 if answer.get("duplicate") else 201)
-        raise error_from_wire(answer.get("error"))
+        if answer is None:
+            return None
+        if answer.get("action") != "ack":
+            raise error_from_wire(answer.get("error"))
+        return publish_reply(answer)
 
-    def _take_answer(self, s: Session) -> dict[str, Any]:
+    def _take_answer(self, s: Session) -> dict[str, Any] | None:
         """The ack or nack the channel operations queued for ``s`` (taken out of the outbox:
         the caller gets it as the HTTP response)."""
         items = self.core.outbox.items
@@ -289,17 +306,21 @@ class RestApi:
                 del items[i]
                 answer: dict[str, Any] = json.loads(item.text)
                 return answer
+        if s.inflight:
+            return None  # handed to the backplane
         raise error(50000, "the publish was not answered")  # pragma: no cover
 
     # ---------------------------------------------------------------- reading
 
     def history(self, s: RestCaller, channel: str, params: dict[str, str],
-                now: float) -> Reply:
+                now: float, later: Later | None = None) -> Reply | None:
         """``GET /channels/{channel}/messages?limit=&before=&after=``: stored messages,
         oldest first. Without ``after``: the latest ``limit`` (before ``before``); with it:
         the first ``limit`` after it. At most ``max_frame_size`` bytes of messages per page;
         ``more`` says whether the page stopped short of the range (older messages for a
-        backward page, newer ones after ``after``)."""
+        backward page, newer ones after ``after``). On a node of a cluster given ``later``:
+        None, and the page goes to ``later`` once the node's copy of the channel reaches
+        back far enough."""
         fr.validate_channel_name(channel)
         self.core.ops.check(s, "history", channel)
         c = self.core.config
@@ -307,7 +328,21 @@ class RestApi:
         limit = min(limit, max(1, c.history_size))
         before = _int_param(params, "before", 1)
         after = _int_param(params, "after", 0)
-        ch = self.core.registry.get(channel)
+        if later is not None and isinstance(self.core.ops, ClusterOps):
+            def need(ch: Channel) -> int:
+                if after is not None:
+                    return after + 1
+                # (one more than the page: whether older messages exist says ``more``)
+                return (ch.serial if before is None else min(ch.serial, before - 1)) - limit
+
+            self._when_ready(s, channel, need, later, lambda ch: self._page(
+                channel, ch, limit, before, after, self.core.now))
+            return None
+        return self._page(channel, self.core.registry.get(channel), limit, before, after, now)
+
+    def _page(self, channel: str, ch: Channel | None, limit: int, before: int | None,
+              after: int | None, now: float) -> Reply:
+        c = self.core.config
         out: list[str] = []
         more = False
         epoch = None
@@ -345,15 +380,40 @@ class RestApi:
         body = f'{head[:-1]},"messages":[{",".join(out)}]}}\n'
         return Reply(200, body.encode())
 
-    def presence(self, s: RestCaller, channel: str) -> Reply:
-        """``GET /channels/{channel}/presence``: the members now."""
+    def presence(self, s: RestCaller, channel: str, later: Later | None = None
+                 ) -> Reply | None:
+        """``GET /channels/{channel}/presence``: the members now (on a node of a cluster
+        given ``later``: None, and the members of every node go to ``later``)."""
         fr.validate_channel_name(channel)
         if not (s.capability.allows("subscribe", channel)
                 or s.capability.allows("presence", channel)):
             self.core.ops.check(s, "presence", channel)
-        ch = self.core.registry.get(channel)
+        if later is not None and isinstance(self.core.ops, ClusterOps):
+            self._when_ready(s, channel, lambda ch: None, later,
+                             lambda ch: self._members(channel, ch))
+            return None
+        return self._members(channel, self.core.registry.get(channel))
+
+    def _members(self, channel: str, ch: Channel | None) -> Reply:
         members = [m.to_wire() for m in ch.members.values()] if ch is not None else []
         return json_reply({"channel": channel, "members": members})
+
+    def _when_ready(self, s: RestCaller, channel: str, need: Callable[[Channel], int | None],
+                    later: Later, reply: Callable[[Channel], Reply]) -> None:
+        """A node of a cluster: follow ``channel`` (created for the caller, reclaimed when
+        idle), then reply once its copy holds what is needed."""
+        ops = self.core.ops
+        assert isinstance(ops, ClusterOps)
+        ch = self.core.registry.get_or_create(channel, s.owner)
+
+        def done(failed: str | None) -> None:
+            if failed is not None:
+                later(error_reply(error(50000, f"the backplane is unavailable; try again: "
+                                               f"{failed}")))
+            else:
+                later(reply(ch))
+
+        ops.when_ready(ch, need, done)
 
     # ---------------------------------------------------------------- channel streams
 

@@ -58,6 +58,8 @@ class Session:
     early_frames: int = 0
     next_heartbeat: float = 0.0
     published: int = 0
+    #: Publishes handed to a backplane and not answered yet.
+    inflight: int = 0
     #: False once the session ended on purpose (close, fatal error): nothing to resume.
     resumable: bool = True
     #: Channels where this session is present (None until it first enters).
@@ -67,14 +69,18 @@ class Session:
     #: True when the driver sends streams itself as the connection drains (see
     #: ``BrokerCore.pump``); otherwise they are written out at once, in frames.
     flow_control: bool = False
+    #: On a node of a cluster: the id of the connection this one continues, made on another
+    #: node (its publish ids keep their scope); None: this connection's own id.
+    origin: str | None = None
 
     @property
     def owner(self) -> str:
         """Who is charged for quotas and scopes publish ids: the client id when there is one,
-        else the connection (whose id survives a resume)."""
+        else the connection (whose id survives a resume; in a cluster, the id of the
+        connection it continues, on any node)."""
         if self.client_id is not None:
             return f"u{len(self.client_id)}:{self.client_id}"
-        return f"c:{self.connection_id}"
+        return f"c:{self.origin or self.connection_id}"
 
 
 @dataclass(frozen=True, slots=True)

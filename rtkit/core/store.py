@@ -130,6 +130,17 @@ class Store:
         while self.ledger.bytes > self.ledger.budget and self.ids:
             self._forget(self.ids.popleft())  # no message left to evict: ids go too
 
+    def prepend(self, records: list[Record]) -> None:
+        """Put older messages (consecutive serials ending just before the first one) in
+        front: a node's copy of a shared channel being filled from its backplane. Budgets
+        are enforced by the next append or sweep."""
+        for record in reversed(records):
+            self.records.appendleft(record)
+            cost = record_cost(record)
+            self._add(cost)
+            self.message_bytes += cost
+        self.ledger.track(self)
+
     def find(self, key: str) -> Record | None:
         """The message published with this de-duplication key, if still known."""
         return self.dedup.get(key)

@@ -60,7 +60,30 @@ class PresenceAnswer:
         self.members = deque(members)
 
 
-Stream = Replay | HistoryAnswer | PresenceAnswer
+class Deferred:
+    """A request that waits for something from outside the broker (a backplane: a channel
+    to be followed, stored messages to be loaded). It holds its session's place like a
+    replay: the frames after it are read once it has run. ``run`` is called when it is
+    first in line and ``ready``; it returns False to wait again (it then sets ``ready``
+    back to False and arranges to be woken)."""
+
+    __slots__ = ("channel", "ready", "run")
+
+    def __init__(self, channel: Channel | None, run: Callable[[Deferred], bool],
+                 ready: bool = False) -> None:
+        self.channel = channel
+        self.ready = ready
+        self.run = run
+
+
+Stream = Replay | HistoryAnswer | PresenceAnswer | Deferred
+
+
+def stream_channel(stream: Stream) -> Channel | None:
+    """The channel a stream keeps in use (counted in ``Channel.attaching``)."""
+    if isinstance(stream, PresenceAnswer):
+        return None
+    return stream.channel
 _MORE = '],"more":true}'
 _LAST = "]}"
 
@@ -79,8 +102,9 @@ class Streamer:
         if s.streams is None:
             s.streams = deque()
         s.streams.append(stream)
-        if isinstance(stream, Replay):
-            stream.channel.attaching += 1
+        owner = stream_channel(stream)
+        if owner is not None:
+            owner.attaching += 1
         if not s.flow_control:
             self.pump(s, math.inf)
 
@@ -90,6 +114,16 @@ class Streamer:
         streams = s.streams
         while streams and budget > 0 and not s.closed:
             stream = streams[0]
+            if isinstance(stream, Deferred):
+                if not stream.ready:
+                    break  # woken later (see Deferred)
+                streams.popleft()
+                if not stream.run(stream):  # waits again, first in line
+                    streams.appendleft(stream)
+                    break
+                if stream.channel is not None:
+                    stream.channel.attaching -= 1
+                continue
             if isinstance(stream, Replay):
                 spent, done = self._replay(s, stream, budget)
             else:
@@ -97,8 +131,9 @@ class Streamer:
             budget -= spent
             if done:
                 streams.popleft()
-                if isinstance(stream, Replay):
-                    stream.channel.attaching -= 1
+                owner = stream_channel(stream)
+                if owner is not None:
+                    owner.attaching -= 1
         if not streams:
             s.streams = None
         return s.streams is not None
@@ -112,9 +147,12 @@ class Streamer:
         dropped = []
         for stream in s.streams:
             if channel is None or (isinstance(stream, Replay) and stream.channel is channel):
-                if isinstance(stream, Replay):
-                    stream.channel.attaching -= 1
-                    dropped.append(stream.channel)
+                if isinstance(stream, Deferred):
+                    stream.ready = False  # never runs
+                owner = stream_channel(stream)
+                if owner is not None:
+                    owner.attaching -= 1
+                    dropped.append(owner)
             else:
                 keep.append(stream)
         s.streams = keep or None

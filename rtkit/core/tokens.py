@@ -202,6 +202,10 @@ class KeyStore:
         """Refuse the key and every token it signed from now on."""
         self._revoked.add(key_id)
 
+    @property
+    def revoked(self) -> frozenset[str]:
+        return frozenset(self._revoked)
+
     def get(self, key_id: str) -> ApiKey:
         if key_id in self._revoked:
             raise InvalidCredentials(code=40108)

@@ -5,6 +5,7 @@ cell is re-run, and depends only on rtkit's public client, proxy and audit objec
 """
 
 from rtkit.widgets.base import LiveWidget, RedrawGate
+from rtkit.widgets.cluster import ClusterView
 from rtkit.widgets.connection import ConnectionPanel
 from rtkit.widgets.dashboard import Dashboard, dashboard
 from rtkit.widgets.faults import FaultPanel
@@ -17,6 +18,7 @@ from rtkit.widgets.report import DeliveryReport
 from rtkit.widgets.token import TokenHistory, TokenInspector
 
 __all__ = [
+    "ClusterView",
     "ConnectionPanel",
     "Dashboard",
     "DeliveryReport",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rtkit.core.backplane import NodeView
 from rtkit.core.broker import BrokerConfig, BrokerCore, Disconnect, Send, Session
 from rtkit.core.tokens import ApiKey, KeyStore, issue_token
 
@@ -12,8 +13,10 @@ ROOT = ApiKey("root", "r" * 40)
 
 
 class Harness:
-    def __init__(self, **config: Any) -> None:
-        self.core = BrokerCore(BrokerConfig(**config), KeyStore([ROOT]))
+    def __init__(self, node: NodeView | None = None, cluster_secret: bytes | None = None,
+                 **config: Any) -> None:
+        self.core = BrokerCore(BrokerConfig(**config), KeyStore([ROOT]), node=node,
+                               cluster_secret=cluster_secret)
         self.now = 1_700_000_000.0
         self.inbox: dict[Session, list[dict[str, Any]]] = {}
         self.raw: dict[Session, list[str]] = {}
