@@ -270,7 +270,7 @@ class Broker:
             buffered = conn.buffered()
             if buffered > self.outbound_peak:
                 self.outbound_peak = buffered
-            if buffered > limit and conn.session is not None:
+            if (buffered > limit or conn.overflowed) and conn.session is not None:
                 log.warning("disconnecting slow consumer %s (%d bytes unsent)",
                             conn.session.connection_id, buffered)
                 session = conn.session

@@ -57,6 +57,10 @@ HTTP, WEBSOCKET, CLOSING, CLOSED, STREAM, SSE, EVENTS, REPLY = range(8)
 class Connection(asyncio.Protocol):
     """The broker's side of one connection. ``session`` exists once upgraded."""
 
+    #: Set by SSE transports that pass the outbound limit while queuing; a WebSocket's
+    #: buffer is checked after each flush (one check per connection, not per frame).
+    overflowed = False
+
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.transport: asyncio.Transport | None = None

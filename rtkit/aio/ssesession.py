@@ -71,6 +71,8 @@ class SseSession:
         self.session: Session = broker.open_session(self)
         self.stream: Connection | None = None
         self.out: list[bytes] = []
+        self.out_bytes = 0  # the size of ``out``
+        self.overflowed = False  # over the outbound limit: to be aborted
         # What was written, kept until the client acknowledges it (ids and bytes).
         self.replay: deque[bytes] = deque()
         self.replay_ids: deque[int] = deque()
@@ -142,6 +144,15 @@ class SseSession:
     # ---------------------------------------------------------------- output (the flush)
 
     def queue(self, seq: int, data: bytes) -> None:
+        # The outbound limit holds as output is queued, not only after the flush: past it,
+        # nothing more is queued and the broker aborts this slow consumer once the flush
+        # ends (its client resumes from its last serial: the messages are in the history).
+        if self.overflowed:
+            return
+        self.out_bytes += len(data)
+        if self.out_bytes + self.buffered() > self.replay_limit:
+            self.overflowed = True
+            return
         self.out.append(data)
         self.replay.append(data)
         self.replay_ids.append(seq)
@@ -158,6 +169,7 @@ class SseSession:
 
     def flush_out(self) -> None:
         out = self.out
+        self.out_bytes = 0
         if not out:
             return
         self.out = []
@@ -289,6 +301,7 @@ class ChannelEvents:
     as an event whose id is ``<epoch>:<serial>``, after an ``attached`` event."""
 
     mode = EVENTS
+    overflowed = False  # (bounded by the broker after each flush)
 
     def __init__(self, broker: Broker, conn: Connection) -> None:
         self.broker = broker

@@ -465,7 +465,7 @@ async def test_http_attacks_get_json_errors_and_disturb_nobody(attack: rtkit.Ser
             await replies(ws, 50)
     await eventually(lambda: attack.stats()["slow_consumers"] > slow_before, timeout=5,
                      what="the SSE session that stopped reading dropped")
-    assert attack.stats()["outbound_peak"] <= OUTBOUND + 2 * FRAME + 64 * 1024
+    assert attack.stats()["outbound_peak"] <= OUTBOUND + 2 * FRAME  # bounded as queued
     stream.close()
     # Pipelined requests for long answers, never read: answered as the socket drains only.
     with socket.create_connection(("127.0.0.1", attack.port), timeout=5) as greedy:
