@@ -25,7 +25,7 @@ def token_maker(srv: rtkit.Server, client_id: str, ttl: float, calls: list[float
     return auth_callback
 
 
-async def test_two_second_tokens_renew_in_band_for_twenty_seconds() -> None:
+async def test_two_second_tokens_renew_in_band_for_ten_seconds() -> None:
     with rtkit.serve(heartbeat_interval=0.5) as srv:
         pub_calls: list[float] = []
         sub_calls: list[float] = []
@@ -35,7 +35,7 @@ async def test_two_second_tokens_renew_in_band_for_twenty_seconds() -> None:
         await within(sub.connect())
         got: list[int] = []
         await sub.channel("s").subscribe(lambda m: got.append(m.data))
-        duration, rate = 20.0, 50
+        duration, rate = 10.0, 50
         start = time.monotonic()
         n = 0
         while time.monotonic() - start < duration:
@@ -47,7 +47,7 @@ async def test_two_second_tokens_renew_in_band_for_twenty_seconds() -> None:
         for client, calls in ((pub, pub_calls), (sub, sub_calls)):
             states = [c.current for c in client.state_history]
             assert states == [S.CONNECTING, S.CONNECTED], states  # never dropped
-            assert len(calls) >= 10  # 20 s of 2 s tokens renewed about every 1.3 s
+            assert len(calls) >= 6  # 10 s of 2 s tokens renewed about every 1.3 s
             assert client.token_expires is not None and client.token_expires > time.time()
         await pub.close()
         await sub.close()
