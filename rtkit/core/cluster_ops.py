@@ -55,7 +55,7 @@ from rtkit.errors import RtkitError, error
 
 __all__ = ["ClusterOps", "Fatal", "Step"]
 
-#: End a session with a fatal error (the broker's ``_fatal``).
+#: End a session with a fatal error (the broker's ``fatal``).
 Fatal = Callable[[Session, RtkitError], None]
 
 
