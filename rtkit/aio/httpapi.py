@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import h11
 
-from rtkit.aio.conn import REPLY, Connection, _headers
+from rtkit.aio.conn import REPLY, Connection
+from rtkit.aio.conn_http import _headers
 from rtkit.aio.ssesession import (
     KEEPALIVE,
     KEEPALIVE_COMMENT,

@@ -8,9 +8,10 @@ from the backplane when it does not reach back far enough).
 
 This module holds the node's decisions, and nothing of the I/O: the driver
 (``rtkit.aio.backplane``) performs the :data:`Effect` s it is given and feeds back what the
-backplane answered and what it delivered. Delivery from the backplane is **at most once**
-(Redis PUB/SUB drops messages when a subscriber's link breaks or falls behind), so a node
-checks every serial it receives against the last one it delivered:
+backplane answered and what it delivered (the effects and the :data:`Action` s the node
+applies are defined in ``rtkit.core.backplane_effects``). Delivery from the backplane is
+**at most once** (Redis PUB/SUB drops messages when a subscriber's link breaks or falls
+behind), so a node checks every serial it receives against the last one it delivered:
 
 * the next serial is delivered; a serial already delivered is a duplicate and dropped;
 * a serial further ahead is a **gap**: the messages after it wait while the missing ones are
@@ -35,118 +36,28 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
+from rtkit.core.backplane_effects import (
+    Action,
+    Check,
+    Deliver,
+    Effect,
+    Entry,
+    Follow,
+    NewEpoch,
+    PresenceWrite,
+    Publish,
+    Read,
+    Rebase,
+    Skip,
+    Unfollow,
+)
+
 __all__ = [
-    "Check", "Deliver", "Effect", "Feed", "Follow", "NewEpoch", "NodeTable", "NodeView",
-    "PresenceWrite", "Publish", "Read", "Rebase", "Skip", "Unfollow",
+    "Action", "Check", "Deliver", "Effect", "Entry", "Feed", "Follow", "NewEpoch", "NodeTable",
+    "NodeView", "PresenceWrite", "Publish", "Read", "Rebase", "Skip", "Unfollow",
 ]
-
-# ---------------------------------------------------------------- effects (for the driver)
-
-
-@dataclass(frozen=True, slots=True)
-class Follow:
-    """Subscribe to the channel's live feed; once subscribed, report its position (epoch,
-    last serial, created if missing) and its members: :meth:`NodeView.followed` with ``gen``."""
-
-    channel: str
-    gen: int
-
-
-@dataclass(frozen=True, slots=True)
-class Unfollow:
-    channel: str
-
-
-@dataclass(frozen=True, slots=True)
-class Publish:
-    """Assign the next serial and store, de-duplicate and deliver one message, atomically.
-    The message object is ``head + serial + ',"timestamp":' + ms + tail``. ``dedup_key``
-    (None: never de-duplicated) is remembered for at least the continuity window."""
-
-    token: int
-    channel: str
-    dedup_key: str | None
-    head: str
-    tail: str
-
-
-@dataclass(frozen=True, slots=True)
-class Read:
-    """Stored messages with ``first <= serial <= last``, at most ``limit``: the oldest of
-    them (``newest_first=False``) or the newest (``True``). Answered with the channel's
-    position: :meth:`NodeView.read_done`."""
-
-    token: int
-    channel: str
-    first: int
-    last: int
-    limit: int
-    newest_first: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """Report the position (epoch, last serial) of each channel: :meth:`NodeView.position`."""
-
-    channels: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Rebase:
-    """The backplane's serial went back below ``serial`` in ``epoch``: give the channel a new
-    epoch, unless that is no longer so."""
-
-    channel: str
-    epoch: str
-    serial: int
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceWrite:
-    """Store (``enter``/``update``) or remove (``leave``) a member of this node, and announce
-    the change to the other nodes. ``event`` is the ``presence_event`` item (JSON)."""
-
-    channel: str
-    op: str
-    member_key: str
-    event: str
-
-
-Effect = Follow | Unfollow | Publish | Read | Check | Rebase | PresenceWrite
-
-# ---------------------------------------------------------------- actions (for the node)
-
-
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    """The next message of the channel, in order."""
-
-    serial: int
-    timestamp: int
-    fragment: str
-
-
-@dataclass(frozen=True, slots=True)
-class Skip:
-    """Messages up to ``serial`` are gone from the backplane: carry on after them."""
-
-    serial: int
-
-
-@dataclass(frozen=True, slots=True)
-class NewEpoch:
-    """The channel's history was lost: it continues as ``epoch`` after ``serial``."""
-
-    epoch: str
-    serial: int
-
-
-Action = Deliver | Skip | NewEpoch
-#: A stored message as read from the backplane: (serial, timestamp in ms, message JSON).
-Entry = tuple[int, int, str]
 
 # ---------------------------------------------------------------- one channel
 

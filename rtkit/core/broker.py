@@ -13,15 +13,18 @@ message timestamps, ``server_time`` and token expiry) is ``now + wall_offset``; 
 keeps :attr:`BrokerCore.wall_offset` up to date (it is 0 by default: then ``now`` is taken
 for wall time too, as a simulator with one virtual clock wants).
 
+The rules are split by composition: ``connect`` and ``auth`` frames go to
+:class:`~rtkit.core.handshake.Handshake`, channel frames to
+:class:`~rtkit.core.channel_ops.ChannelOps` (or, on a node of a cluster,
+:class:`~rtkit.core.cluster_ops.ClusterOps`); this module keeps sessions, input checks, rate
+limits, timers and output.
+
 Work is proportional to activity, not to state: timers live in queues ordered by deadline,
 presence is indexed by session, and idle channels are reclaimed a few at a time.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import itertools
 import math
 import secrets
@@ -36,6 +39,7 @@ from rtkit.core.channels import Channel, ChannelRegistry
 from rtkit.core.cluster_ops import ClusterOps
 from rtkit.core.config import PREAUTH_FRAMES, BrokerConfig
 from rtkit.core.gate import ConnectionGate
+from rtkit.core.handshake import Handshake
 from rtkit.core.intake import fast_publish
 from rtkit.core.session import (
     Disconnect,
@@ -48,7 +52,7 @@ from rtkit.core.session import (
 )
 from rtkit.core.timers import SessionTimers
 from rtkit.core.timing import TokenBucket
-from rtkit.core.tokens import Capability, KeyStore, verify_token
+from rtkit.core.tokens import KeyStore
 from rtkit.errors import ProtocolError, RtkitError, error
 
 _ids = itertools.count(1)
@@ -79,7 +83,7 @@ class BrokerCore:
         backplane (see ``rtkit.core.cluster_ops``); without it channels live here alone.
         ``cluster_secret`` (a node: the same on every node) signs connection keys, so that a
         connection that moves to another node keeps the scope of its publish ids there (see
-        :meth:`_moved_here`)."""
+        ``rtkit.core.handshake``)."""
         self.config = config
         self.cluster_secret = cluster_secret
         self.keys = keys
@@ -97,10 +101,10 @@ class BrokerCore:
             self.stats["moved_here"] = 0  # connections continued from another node
         # Chosen once: the in-memory broker runs ChannelOps and pays nothing for a cluster.
         self.ops: ChannelOps = (
-            ChannelOps(config, self.registry, self.outbox, self.stats, self._refuse)
+            ChannelOps(config, self.registry, self.outbox, self.stats, self.refuse)
             if node is None else
-            ClusterOps(config, self.registry, self.outbox, self.stats, self._refuse, node,
-                       self.sessions, lambda s, err: self._fatal(s, err, None), self.wall))
+            ClusterOps(config, self.registry, self.outbox, self.stats, self.refuse, node,
+                       self.sessions, lambda s, err: self.fatal(s, err, None), self.wall))
         self._bucket_factory = bucket_factory or (
             lambda: TokenBucket(config.publish_rate, config.publish_burst)
         )
@@ -108,6 +112,8 @@ class BrokerCore:
         #: Wall-clock seconds minus monotonic seconds (see the module docstring).
         self.wall_offset = 0.0
         self.timers = SessionTimers(config)
+        #: The ``connect`` and ``auth`` frames (see ``rtkit.core.handshake``).
+        self.handshake = Handshake(self)
 
     @property
     def channels(self) -> dict[str, Channel]:
@@ -168,7 +174,7 @@ class BrokerCore:
             s.early_frames += 1
             if s.early_frames > PREAUTH_FRAMES:  # a tiny allowance before authenticating
                 self.stats["rate_limited"] += 1
-                return self._fatal(s, error(42900, "too many frames before connect"), None)
+                return self.fatal(s, error(42900, "too many frames before connect"), None)
         ref: fr.Ref | None = None
         try:
             obj = fr.parse_json(data)
@@ -176,7 +182,7 @@ class BrokerCore:
             fr.validate(obj, data, fr.CLIENT_FRAME_DEPTH)  # type: ignore[arg-type]
             f = fr.decode_object(obj, fr.CLIENT_FRAMES)
         except ProtocolError as exc:
-            return self._refuse(s, ref, exc, False)
+            return self.refuse(s, ref, exc, False)
         held = s.held_for
         if held and isinstance(f, fr.Publish) and f.id != held[0]:
             # Earlier publishes were refused for rate and are not back yet: refuse the
@@ -210,14 +216,14 @@ class BrokerCore:
         self.outbox.text((s,), f'{{"action":"{action}","ref":{fr.dumps(ref)},'
                                f'"error":{_RATE_LIMITED}}}')
 
-    def _refuse(self, s: Session, ref: fr.Ref | None, exc: RtkitError, nack: bool) -> None:
+    def refuse(self, s: Session, ref: fr.Ref | None, exc: RtkitError, nack: bool) -> None:
         """Answer a refused request. Bad requests and refused credentials or capabilities
         (400xx-403xx) count towards ``max_protocol_errors``; limits (429xx) do not."""
         if exc.code < 40400:
             s.protocol_errors += 1
             self.stats["protocol_errors"] += 1
             if s.protocol_errors > self.config.max_protocol_errors:
-                return self._fatal(s, error(42904), ref)
+                return self.fatal(s, error(42904), ref)
         self.outbox.send(s, fr.Nack(ref=ref, error=exc) if nack else fr.Error(ref=ref, error=exc))
         return None
 
@@ -227,9 +233,9 @@ class BrokerCore:
                 self.outbox.send(s, fr.Heartbeat(ref=f.ref))
             return None
         if isinstance(f, fr.Connect):
-            return self._on_connect(s, f, now)
+            return self.handshake.on_connect(s, f, now)
         if not s.connected:
-            return self._refuse(s, getattr(f, "ref", None), ProtocolError(code=40005),
+            return self.refuse(s, getattr(f, "ref", None), ProtocolError(code=40005),
                                 isinstance(f, fr.Publish))
         ops = self.ops
         if isinstance(f, fr.Publish):
@@ -243,146 +249,10 @@ class BrokerCore:
         if isinstance(f, fr.Presence):
             return ops.on_presence(s, f, self.wall(now))
         if isinstance(f, fr.Auth):
-            return self._on_auth(s, f, now)
+            return self.handshake.on_auth(s, f, now)
         if isinstance(f, fr.Close):
             return ops.close(s, f.ref)
         raise ProtocolError(code=40002)  # pragma: no cover - table and dispatch agree
-
-    # ---------------------------------------------------------------- connect and auth
-
-    def _authenticate(self, f: fr.Connect | fr.Auth, now: float) -> tuple[
-        str | None, Capability, float | None, str, bool
-    ]:
-        """(client id, capability, wall expiry, key id, authenticated by key)."""
-        key = getattr(f, "key", None)
-        if key is not None and f.token is not None:
-            raise ProtocolError("give a key or a token, not both", code=40003)
-        if key is not None:
-            api_key = self.keys.check_key(key)
-            return None, api_key.capability, None, api_key.key_id, True
-        if f.token is None:
-            raise error(40106)
-        claims = verify_token(f.token, self.keys, self.wall(now))
-        return claims.client_id, claims.capability, claims.expires_at, claims.key_id, False
-
-    def _on_connect(self, s: Session, f: fr.Connect, now: float) -> None:
-        if s.connected:
-            return self._refuse(s, f.ref, ProtocolError(code=40006), False)
-        try:
-            if f.protocol != fr.PROTOCOL_VERSION:
-                raise ProtocolError(f"protocol {f.protocol} not supported", code=40009)
-            client_id, cap, expires, key_id, by_key = self._authenticate(f, now)
-            if by_key:
-                client_id = f.client_id
-            elif f.client_id is not None and f.client_id != client_id:
-                raise error(40107)
-        except RtkitError as exc:
-            return self._fatal(s, exc, f.ref)
-        s.connected, s.client_id, s.capability = True, client_id, cap
-        s.client_id_json = fr.dumps(client_id)
-        if self.cluster_secret is not None:
-            s.connection_key = self._signed_key(s.connection_id, s.connection_id, client_id)
-        s.token_expires, s.key_id = expires, key_id
-        self.timers.token(s)
-        self.timers.connected(s, now)
-        resumed, resume_error = False, None
-        if f.resume is not None:
-            resumed = self._resume(s, f.resume, now)
-            if not resumed:
-                resume_error = error(40401)
-        self.outbox.send(s, fr.Connected(
-            ref=f.ref,
-            connection_id=s.connection_id,
-            connection_key=s.connection_key,
-            client_id=client_id,
-            heartbeat_interval=round(self.config.heartbeat_interval * 1000),
-            connection_state_ttl=round(self.config.connection_state_ttl * 1000),
-            server_time=int(self.wall(now) * 1000),
-            token_expires=None if expires is None else round(expires * 1000),
-            limits=self.config.limits(),
-            resumed=resumed,
-            error=resume_error,
-        ))
-        return None
-
-    def _resume(self, s: Session, key: str, now: float) -> bool:
-        """Give ``s`` the identity of the connection ``key`` names, if still resumable and
-        the credentials name the same client. Nothing is touched unless both hold."""
-        parked = self.parked.get(key)
-        if parked is None:
-            # The old transport may be half-open and not noticed yet: take over from it.
-            old = self.sessions.get(key.partition("!")[0])
-            if (old is None or old is s or not old.connected
-                    or not secrets.compare_digest(old.connection_key, key)
-                    or old.client_id != s.client_id):
-                self.stats["resume_refused"] += 1
-                if old is None:
-                    self._moved_here(s, key)
-                return False
-            old.resumable = False
-            self.outbox.disconnect(old, 4409, "superseded by a resumed connection")
-            self.session_lost(old, now)
-            parked = Parked(old.connection_id, old.client_id, old.published, now)
-        elif (now - parked.lost_at > self.config.connection_state_ttl
-              or parked.client_id != s.client_id):
-            if now - parked.lost_at > self.config.connection_state_ttl:
-                del self.parked[key]
-            self.stats["resume_refused"] += 1
-            return False
-        self.parked.pop(key, None)
-        if self.sessions.get(s.connection_id) is s:
-            del self.sessions[s.connection_id]
-        s.connection_id, s.connection_key, s.published = parked.connection_id, key, parked.published
-        if self.cluster_secret is not None:
-            origin = key.partition("!")[2].rpartition(".")[0]
-            s.origin = origin if origin != s.connection_id else None
-        self.sessions[s.connection_id] = s
-        self.stats["resumed"] += 1
-        return True
-
-    def _signed_key(self, connection_id: str, origin: str, client_id: str | None) -> str:
-        """A node's connection key: ``<id>!<origin>.<signature>``, where ``origin`` is the
-        connection that scopes its publish ids (itself, or the one it continues), signed
-        with the client id so that every node of the cluster can check it."""
-        assert self.cluster_secret is not None
-        who = "-" if client_id is None else f"u{client_id}"
-        mac = hmac.new(self.cluster_secret, f"{connection_id}\0{origin}\0{who}".encode(),
-                       hashlib.sha256).digest()
-        return f"{connection_id}!{origin}.{base64.urlsafe_b64encode(mac[:18]).decode()}"
-
-    def _moved_here(self, s: Session, key: str) -> None:
-        """A connection of another node of the cluster (its key signed for the same client)
-        asks to resume here. Its state cannot be (it lived on that node: every channel
-        resumes from its serial instead, and presence is entered again), but ``s``
-        continues it: its publish ids keep their scope, so a publish sent again here after
-        its node died unanswered is still recognised as a duplicate."""
-        cid, _, rest = key.partition("!")
-        origin = rest.rpartition(".")[0]
-        if (self.cluster_secret is None or not origin
-                or not secrets.compare_digest(self._signed_key(cid, origin, s.client_id), key)):
-            return
-        s.origin = origin
-        s.connection_key = self._signed_key(s.connection_id, origin, s.client_id)
-        self.stats["moved_here"] += 1
-
-    def _on_auth(self, s: Session, f: fr.Auth, now: float) -> None:
-        try:
-            client_id, cap, expires, key_id, _ = self._authenticate(f, now)
-            if client_id != s.client_id:
-                raise error(40107)
-        except RtkitError as exc:
-            return self._refuse(s, f.ref, exc, False)
-        s.capability, s.token_expires, s.key_id = cap, expires, key_id
-        s.allowed.clear()
-        self.timers.token(s)
-        # A renewed token may grant less: detach and leave presence where it no longer may.
-        self.ops.narrow(s)
-        self.outbox.send(s, fr.Authorized(
-            ref=f.ref,
-            client_id=client_id,
-            token_expires=None if expires is None else round(expires * 1000),
-        ))
-        return None
 
     # ---------------------------------------------------------------- time
 
@@ -391,11 +261,11 @@ class BrokerCore:
         a few channels' expired messages (see :meth:`ChannelRegistry.sweep`)."""
         self.now = now
         for s in list(self.timers.late_to_authenticate(now)):
-            self._fatal(s, error(40005, "no connect frame in time"), None)
+            self.fatal(s, error(40005, "no connect frame in time"), None)
         for s in self.timers.heartbeats_due(now):
             self.outbox.text((s,), HEARTBEAT)
         for s in list(self.timers.tokens_expired(self.wall(now))):
-            self._fatal(s, error(40140), None)
+            self.fatal(s, error(40140), None)
         parked, ttl = self.parked, self.config.connection_state_ttl
         while parked and now - next(iter(parked.values())).lost_at > ttl:
             parked.popitem(last=False)
@@ -409,7 +279,7 @@ class BrokerCore:
         hit = [s for s in self.sessions.values() if s.connected
                and (client_id is None or s.client_id == client_id)]
         for s in hit:
-            self._fatal(s, error(40140), None)
+            self.fatal(s, error(40140), None)
         return len(hit)
 
     def revoke_key(self, key_id: str, now: float) -> int:
@@ -420,7 +290,7 @@ class BrokerCore:
         # Parked sessions need not be touched: resuming one means authenticating again.
         hit = [s for s in self.sessions.values() if s.connected and s.key_id == key_id]
         for s in hit:
-            self._fatal(s, error(40108), None)
+            self.fatal(s, error(40108), None)
         self.stats["revoked"] += len(hit)
         return len(hit)
 
@@ -442,7 +312,7 @@ class BrokerCore:
         frame); returns whether more remain. For drivers that set ``s.flow_control``."""
         return self.ops.streamer.pump(s, budget)
 
-    def _fatal(self, s: Session, err: RtkitError, ref: fr.Ref | None) -> None:
+    def fatal(self, s: Session, err: RtkitError, ref: fr.Ref | None) -> None:
         # An expired token, a slow reader or a channel whose shared history was lost (50002)
         # may come back and resume; refused credentials or a protocol abuser may not.
         s.resumable = err.code in (40140, 42903, 50002)

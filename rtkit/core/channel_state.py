@@ -13,16 +13,20 @@ so any interleaving of subscribes, unsubscribes, reconnects and renewals compose
   (the broker replays what is missing); if the link drops meanwhile, the resume repairs it.
 * An attach the broker refuses (capability, limits) or a detach it imposes leaves the
   channel ``failed`` with the error: it stops retrying, the connection carries on.
+
+Which subscriptions get which of the messages delivered is decided by the channel's
+:class:`~rtkit.core.channel_routing.Routing`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from rtkit.core import frames as fr
-from rtkit.core.client_events import ChannelChanged, Deliver, Lost, OpDone, OpFailed, Output
+from rtkit.core.channel_routing import Replay, Routing, Sub
+from rtkit.core.client_events import ChannelChanged, Lost, OpDone, OpFailed, Output
 from rtkit.core.continuity import ContinuityLoss, Tracker, Verdict
 from rtkit.core.frames import Message
 from rtkit.core.states import (
@@ -44,16 +48,13 @@ REPAIR_TRIES = 3
 #: subscription, one that repairs a gap on a live link.
 FRESH, RESUME, REWIND, REPAIR = "fresh", "resume", "rewind", "repair"
 
+__all__ = [
+    "FRESH", "REPAIR", "REPAIR_TRIES", "RESUME", "REWIND", "TRANSIENT_CODES", "ChannelCore",
+    "Emit", "Inflight", "Replay", "SendRequest", "Sub",
+]
+
 SendRequest = Callable[[str, dict[str, Any]], fr.Ref]
 Emit = Callable[[Output], None]
-
-
-@dataclass(slots=True)
-class Sub:
-    id: int
-    rewind: int = 0
-    #: Receives live deliveries (False while waiting for its own rewind replay).
-    live: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,15 +65,6 @@ class Inflight:
     kind: str
     rewind: int = 0
     subs: tuple[int, ...] = ()
-
-
-@dataclass(slots=True)
-class Replay:
-    """Messages up to ``until`` are a rewind replay for the subscriptions in ``start``
-    (each gets those after its start serial), not live traffic."""
-
-    until: int
-    start: dict[int, int] = field(default_factory=dict)
 
 
 class ChannelCore:
@@ -110,24 +102,15 @@ class ChannelCore:
         self.entered: tuple[bool, Any] = (False, None)
         self._send = send
         self._emit = emit
-        #: The outputs ``emit`` appends to, when given: consecutive deliveries to the same
-        #: subscriptions are merged into the last one while it is still there.
-        self._out: list[Output] = out if out is not None else []
-        self._live: tuple[int, ...] = ()
-        #: Subscriptions whose own rewind replay went further than the channel's position
-        #: (a gap being repaired): sub id -> the serial they have up to.
-        self._ahead: dict[int, int] = {}
-        #: Ids each rewinding subscription got through its own replay (at most its rewind).
-        self._routed: dict[int, set[str]] = {}
+        #: ``out``, when given: the outputs ``emit`` appends to (see :class:`Routing`).
+        self.routing = Routing(name, self.tracker, emit, out if out is not None else [])
+        self._flush = self.routing.flush
 
     # ---------------------------------------------------------------- intent
 
     @property
     def wanted(self) -> bool:
         return not self.held and (self.explicit or self.restored or bool(self.subs))
-
-    def _relive(self) -> None:
-        self._live = tuple(s.id for s in self.subs.values() if s.live)
 
     def subscribe(self, sub_id: int, rewind: int, op: int | None) -> None:
         """Add a subscription; ``op`` completes once the channel (and any replay the
@@ -141,7 +124,7 @@ class ChannelCore:
                  and self.state in (CS.DETACHED, CS.FAILED))
         sub = Sub(sub_id, rewind, live=not rewind or fresh)
         self.subs[sub_id] = sub
-        self._relive()
+        self.routing.relive(self.subs)
         if op is not None:
             if self.state is CS.ATTACHED and sub.live:
                 self._emit(OpDone(op))
@@ -149,10 +132,9 @@ class ChannelCore:
                 self.attach_waiters.append((op, sub_id))
 
     def unsubscribe(self, sub_id: int) -> None:
-        self._ahead.pop(sub_id, None)
-        self._routed.pop(sub_id, None)
+        self.routing.drop(sub_id)
         if self.subs.pop(sub_id, None) is not None:
-            self._relive()
+            self.routing.relive(self.subs)
             if self.replay is not None:
                 self.replay.start.pop(sub_id, None)
 
@@ -257,7 +239,7 @@ class ChannelCore:
         else:
             loss = self.tracker.attached(frame, resuming, now)
             if loss is not None:
-                self._ahead.clear()  # the position moved: everyone continues from it
+                self.routing.ahead.clear()  # the position moved: everyone continues from it
         if kind == REPAIR:
             self.repairing = False
         if loss is not None and loss.epoch != frame.epoch and frame.serial > 0:
@@ -284,22 +266,11 @@ class ChannelCore:
 
     def _route_rewind(self, serial: int, inflight: Inflight) -> None:
         """After a fresh or rewind attach: which subscriptions get which replayed messages."""
-        start: dict[int, int] = {}
-        for sub_id in inflight.subs:
-            sub = self.subs.get(sub_id)
-            if sub is None:
-                continue
-            wanted = max(sub.rewind, self.attach_rewind) if inflight.kind == FRESH \
-                else sub.rewind
-            rewind = min(wanted, inflight.rewind)
-            if rewind:
-                start[sub_id] = serial - rewind
-            if serial > self.tracker.serial:
-                self._ahead[sub_id] = serial  # live messages up to here come as replay
-            sub.live = True
-        self._relive()
-        if start:
-            self.replay = Replay(serial, start)
+        replay = self.routing.rewind(
+            self.subs, inflight.subs, serial, inflight.rewind,
+            self.attach_rewind if inflight.kind == FRESH else None)
+        if replay is not None:
+            self.replay = replay
 
     def on_detached(self, error: RtkitError | None, solicited: bool) -> None:
         """The broker detached the channel: as asked, or on its own (with an error)."""
@@ -385,7 +356,7 @@ class ChannelCore:
         for msg in messages:
             if replay is not None:
                 if msg.serial <= replay.until:
-                    self._route(replay, msg)  # a rewind replay, for its subscriptions
+                    self.routing.route(replay, msg)  # a rewind replay, for its subscriptions
                     continue
                 self.replay = replay = None
             if self.repairing:
@@ -415,50 +386,12 @@ class ChannelCore:
                     tracker.skip_to(msg.serial)
         self._flush(out)
 
-    def _flush(self, out: Sequence[Message]) -> None:
-        if not out or not self._live:
-            return
-        ahead, routed = self._ahead, self._routed
-        if not ahead and not routed:
-            self._deliver(out, self._live)
-            return
-        behind = tuple(sub for sub in self._live if sub not in ahead and sub not in routed)
-        if behind:
-            self._deliver(out, behind)
-        for sub in self._live:
-            if sub not in ahead and sub not in routed:
-                continue
-            upto, had = ahead.get(sub, 0), routed.get(sub, set())
-            newer = [m for m in out if m.serial > upto and m.id not in had]
-            if newer:
-                self._deliver(newer, (sub,))
-            if sub in ahead and self.tracker.serial >= upto:
-                del ahead[sub]
-
-    def _deliver(self, messages: Sequence[Message], subs: tuple[int, ...]) -> None:
-        """Hand ``messages`` to ``subs``: added to the last output when that is a delivery
-        to the same subscriptions (frames read together make one event), else a new one."""
-        out = self._out
-        if out:
-            last = out[-1]
-            if type(last) is Deliver and last.channel == self.name and last.subs == subs:
-                last.messages.extend(messages)
-                return
-        self._emit(Deliver(self.name, list(messages), subs))
-
-    def _route(self, replay: Replay, msg: Message) -> None:
-        targets = tuple(sub for sub, after in replay.start.items() if msg.serial > after)
-        for sub in targets:  # (a copy of it in a new epoch is not delivered to it again)
-            self._routed.setdefault(sub, set()).add(msg.id)
-        if targets:
-            self._deliver((msg,), targets)
-
     def skip(self, to_serial: int, reason: str, now: float) -> None:
         """Messages up to ``to_serial`` will never come: report them lost, move past them."""
         t = self.tracker
         if to_serial <= t.serial:
             return
-        if self._live and all(self._ahead.get(sub, 0) >= to_serial for sub in self._live):
+        if self.routing.covers(to_serial):
             t.skip_to(to_serial)  # every subscription has them already (its own replay)
             return
         self.report(ContinuityLoss(self.name, t.serial + 1, t.serial, reason, now, to_serial,
@@ -470,7 +403,7 @@ class ChannelCore:
 
     def _forget_position(self) -> None:
         self.tracker.reset()
-        self._ahead.clear()
+        self.routing.ahead.clear()
 
     def forget(self, op: int) -> None:
         """``op`` timed out: stop waiting for it."""
@@ -485,7 +418,7 @@ class ChannelCore:
         ops = [op for op, _ in self.attach_waiters] + self.detach_waiters
         self.attach_waiters, self.detach_waiters = [], []
         self.subs.clear()
-        self._relive()
+        self.routing.relive(self.subs)
         self.explicit = self.held = self.repairing = self.restored = False
         self.inflight = self.replay = None
         self.entered = (False, None)
