@@ -17,17 +17,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rtkit.aio.auth import AuthCallback, call_auth_callback
-from rtkit.aio.channel import Channel
 from rtkit.aio.client_links import Links
 from rtkit.core import client_events as ev
-from rtkit.core.client import ClientCore
 from rtkit.core.states import ChannelState, ConnectionState
 from rtkit.errors import ConnectionClosed, RtkitError
 
 if TYPE_CHECKING:
     import ssl as ssl_module
 
+    from rtkit.aio.channel import Channel
     from rtkit.aio.client import Client
+    from rtkit.core.client import ClientCore
 
 log = logging.getLogger("rtkit.client")
 S = ConnectionState

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 
 from rtkit.aio.link import WebSocketLink
 from rtkit.aio.sselink import SseLink
-from rtkit.core.client import ClientCore
 from rtkit.core.transports import SSE
 from rtkit.errors import ConnectionFailed, RtkitError
 
 if TYPE_CHECKING:
     from rtkit.aio.client_driver import Driver
+    from rtkit.core.client import ClientCore
 
 log = logging.getLogger("rtkit.client")
 #: Frames read together are handed to the application in batches of about this many bytes:
