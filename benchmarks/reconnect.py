@@ -88,8 +88,9 @@ async def _measure(url: str, outages: int, channels: int, backlog: int) -> dict[
     replayed = 0
     replay_seconds = 0.0
     for _ in range(outages):
-        assert sub._link is not None
-        sub._link.abort(rtkit.Disconnected("benchmark outage"))
+        link = sub._links.link
+        assert link is not None
+        link.abort(rtkit.Disconnected("benchmark outage"))
         await sub.wait_for_state(S.DISCONNECTED, timeout=10)
         results = await asyncio.gather(*(
             pub.channel(name).publish("tick", {"i": i})

@@ -94,12 +94,13 @@ class Channel:
     async def attach(self, rewind: int | None = None) -> None:
         """Start receiving this channel's messages; ``rewind`` replays the last N first
         (to the subscriptions that exist when the channel first attaches)."""
-        await self._client._op(lambda now: self._client._core.attach(self.name, now, rewind))
+        await self._client._driver.op(
+            lambda now: self._client._core.attach(self.name, now, rewind))
 
     async def detach(self) -> None:
         """Stop receiving this channel's messages (subscriptions stay, idle, until the
         next subscribe or attach)."""
-        await self._client._op(lambda now: self._client._core.detach(self.name, now))
+        await self._client._driver.op(lambda now: self._client._core.detach(self.name, now))
 
     async def publish(self, name: str, data: Any = None, *, id: str | None = None,
                       timeout: float | None = None) -> PublishResult:
@@ -113,7 +114,7 @@ class Channel:
         """
         client = self._client
         msg_id = id if id is not None else client._new_message_id()
-        result: PublishResult = await client._op(
+        result: PublishResult = await client._driver.op(
             lambda now: client._core.publish(self.name, name, data, msg_id, now, timeout))
         return result
 
@@ -134,17 +135,18 @@ class Channel:
         the client connects (use this with a recovery key so no replayed message is missed).
         """
         client = self._client
+        driver = client._driver
         wait = client.state.value != "initialized"
         try:
-            sub_id, op = client._core.subscribe(self.name, client._now(), rewind, wait)
+            sub_id, op = client._core.subscribe(self.name, driver.now(), rewind, wait)
         except BaseException:
-            client._pump()
+            driver.pump()
             raise
         sub = Subscription(self, callback, event, buffer)
         sub.id = sub_id
         self._subs[sub_id] = sub
-        done = client._future(op) if op is not None else None
-        client._pump()
+        done = driver.future(op) if op is not None else None
+        driver.pump()
         if done is None:
             return sub
         try:
@@ -167,21 +169,21 @@ class Channel:
         sub._close()
         if self._subs.pop(sub.id, None) is not None:
             client = self._client
-            client._core.unsubscribe(self.name, sub.id, client._now())
-            client._pump()
+            client._core.unsubscribe(self.name, sub.id, client._driver.now())
+            client._driver.pump()
 
     async def history(self, limit: int = 100, before: int | None = None,
                       after: int | None = None) -> list[Message]:
         """Up to ``limit`` stored messages, oldest first: the latest ones (before serial
         ``before`` if given), or the first ones after serial ``after``."""
         client = self._client
-        messages: list[Message] = await client._op(
+        messages: list[Message] = await client._driver.op(
             lambda now: client._core.history(self.name, now, limit, before, after))
         return messages
 
     async def _presence(self, op: str, data: Any) -> list[PresenceMember]:
         client = self._client
-        members: list[PresenceMember] = await client._op(
+        members: list[PresenceMember] = await client._driver.op(
             lambda now: client._core.presence(self.name, op, now, data))  # type: ignore[arg-type]
         return members
 

@@ -1,9 +1,10 @@
-"""The client's public face and its asyncio driver.
+"""The client's public face: :class:`Client` (``rtkit.Client``).
 
-Every protocol decision is made by the sans-I/O :class:`~rtkit.core.client.ClientCore`; this
-driver feeds it (calls, frames, link events, ``now``), performs what it asks (send a frame,
-open or end a link, call ``auth_callback``), wakes it at its next deadline, and turns its
-events into futures, callbacks and subscriptions.
+Every protocol decision is made by the sans-I/O :class:`~rtkit.core.client.ClientCore`; its
+asyncio driver (:class:`~rtkit.aio.client_driver.Driver`) feeds it calls, frames, link events
+and ``now``, performs what it asks (through :class:`~rtkit.aio.client_links.Links` for the
+links), wakes it at its next deadline, and turns its events into futures, callbacks and
+subscriptions. This module holds the options, the properties and the public operations.
 """
 
 from __future__ import annotations
@@ -11,41 +12,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import logging
 import random
 import secrets
 import ssl as ssl_module
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, TypeVar
 
 from rtkit import _rerun
-from rtkit.aio.auth import AuthCallback, TokenSource, call_auth_callback
+from rtkit.aio.auth import AuthCallback, TokenSource
 from rtkit.aio.channel import Channel
+from rtkit.aio.client_driver import Driver
+from rtkit.aio.client_links import BATCH_BYTES as BATCH_BYTES
 from rtkit.aio.events import Observable
-from rtkit.aio.link import WebSocketLink, error_from_close
-from rtkit.aio.sselink import SseLink
+from rtkit.aio.link import error_from_close
 from rtkit.core import client_events as ev
 from rtkit.core.client import ClientConfig, ClientCore
 from rtkit.core.outbox import DEFAULT_MAX_QUEUED_BYTES
 from rtkit.core.recovery import RecoveryKey
-from rtkit.core.states import ChannelState, ConnectionState
+from rtkit.core.states import ConnectionState
 from rtkit.core.timing import Backoff, RandomSource
-from rtkit.core.transports import FALLBACK_AFTER, RETRY_INTERVAL, SSE, TRANSPORTS, check_transports
-from rtkit.errors import ConnectionClosed, ConnectionFailed, RequestTimeout, RtkitError
+from rtkit.core.transports import FALLBACK_AFTER, RETRY_INTERVAL, TRANSPORTS, check_transports
+from rtkit.errors import ConnectionClosed, RequestTimeout, RtkitError
 
-log = logging.getLogger("rtkit.client")
 S = ConnectionState
-T = TypeVar("T")
 #: How the latest (re)connection went (times on the monotonic clock).
 ResumeInfo = ev.Resumed
-#: Frames read together are handed to the application in batches of about this many bytes:
-#: batches save work per frame, and smaller ones let the messages of a batch die young (a
-#: message kept alive through a long batch costs the garbage collector more than it saves).
-BATCH_BYTES = 8192
 
 __all__ = ["Client", "ResumeInfo", "error_from_close"]
+
+
+def _wall_offset() -> float:
+    """This machine's wall clock minus its monotonic clock (the core runs on the latter;
+    token expiry and state-change times are wall-clock times)."""
+    return time.time() - time.monotonic()
 
 
 class Client(Observable):
@@ -118,9 +118,6 @@ class Client(Observable):
         self.connect_timeout = connect_timeout
         self.backoff = backoff or Backoff(base=0.5, cap=2.0)
         self.suspended_retry_interval = suspended_retry_interval
-        self._max_frame_size = max_frame_size
-        self._ssl = ssl
-        self._auth_callback = auth_callback
         self._rng: RandomSource = random_source or random.Random()
         if isinstance(fallback_urls, str):
             raise TypeError("fallback_urls is a list of URLs")
@@ -136,23 +133,13 @@ class Client(Observable):
             transport_retry_interval=transport_retry_interval, fallback_after=fallback_after)
         self._core = ClientCore(config, time.monotonic(), self._rng,
                                 RecoveryKey.decode(recover) if recover is not None else None,
-                                time.time() - time.monotonic())
+                                _wall_offset())
         self._tokens = TokenSource(self._core.credentials, auth_callback) \
             if key is None else None
         self._channels: dict[str, Channel] = {}
-        self._futures: dict[int, asyncio.Future[Any]] = {}
-        self._link: WebSocketLink | SseLink | None = None
-        self._probe: asyncio.Task[None] | None = None
-        #: Bytes received and sent by the links closed so far (see :attr:`bytes_received`).
-        self._bytes_done = [0, 0]
-        self._link_id = 0
-        self._opener: asyncio.Task[None] | None = None
-        self._fetcher: asyncio.Task[None] | None = None
-        self._dying: list[asyncio.Task[None]] = []  # cancelled on close, not yet awaited
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pumping = False
+        self._driver = Driver(self, self._core, self._channels, auth_callback, _wall_offset,
+                              max_frame_size, ssl, connect_timeout)
+        self._links = self._driver.links
         self._instance = secrets.token_hex(4)
         self._ids = itertools.count(1)
         #: The last error reported by the broker, the link or token renewal.
@@ -191,8 +178,9 @@ class Client(Observable):
     def transport(self) -> str:
         """The transport in use: ``"websocket"`` or ``"sse"`` (that of the current link; with
         no link, the one the next attempt will use)."""
-        if self._link is not None:
-            return self._link.transport_name
+        link = self._links.link
+        if link is not None:
+            return link.transport_name
         return self._core.transports.current
 
     @property
@@ -204,14 +192,14 @@ class Client(Observable):
     def bytes_received(self) -> int:
         """Bytes received by this client's links so far (WebSocket frames with their headers;
         over SSE, the event stream and the POSTs' responses)."""
-        link = self._link
-        return self._bytes_done[0] + (link.bytes_in if link is not None else 0)
+        link = self._links.link
+        return self._links.bytes_done[0] + (link.bytes_in if link is not None else 0)
 
     @property
     def bytes_sent(self) -> int:
         """Bytes sent by this client's links so far (over SSE, the POSTs)."""
-        link = self._link
-        return self._bytes_done[1] + (link.bytes_out if link is not None else 0)
+        link = self._links.link
+        return self._links.bytes_done[1] + (link.bytes_out if link is not None else 0)
 
     @property
     def token(self) -> str | None:
@@ -264,141 +252,6 @@ class Client(Observable):
         """How the latest (re)connection went."""
         return self._core.last_resume
 
-    # ---------------------------------------------------------------- driving the core
-
-    def _now(self) -> float:
-        return time.monotonic()
-
-    def _pump(self) -> None:
-        """Perform what the core asks, then wake it again at its next deadline."""
-        self._perform()
-        self._arm_timer()
-
-    def _perform(self) -> None:
-        if self._pumping:
-            return  # a callback called us: the loop below picks up what it added
-        self._pumping = True
-        try:
-            while True:
-                items = self._core.take()
-                if not items:
-                    break
-                for item in items:
-                    self._handle(item)
-        finally:
-            self._pumping = False
-
-    def _handle(self, item: ev.Output) -> None:
-        if isinstance(item, ev.Send):
-            if self._link is not None:
-                self._link.send(item.text)
-        elif isinstance(item, ev.Deliver):
-            ch = self._channels.get(item.channel)
-            if ch is not None:
-                ch._deliver(item.messages, item.subs)
-        elif isinstance(item, ev.OpDone):
-            fut = self._futures.pop(item.op, None)
-            if fut is not None and not fut.done():
-                fut.set_result(item.value)
-        elif isinstance(item, ev.OpFailed):
-            fut = self._futures.pop(item.op, None)
-            if fut is not None and not fut.done():
-                fut.set_exception(item.error)
-        elif isinstance(item, ev.StateChanged):
-            if item.change.current is S.CLOSED:
-                self._closed()
-            self._notify(item.change)
-        else:
-            self._handle_rare(item)
-
-    def _handle_rare(self, item: ev.Output) -> None:
-        if isinstance(item, ev.OpenLink):
-            self._open_link(item.url, item.transport)
-        elif isinstance(item, ev.Probe):
-            self._start_probe(item.url)
-        elif isinstance(item, ev.AbortLink):
-            if self._opener is not None:
-                self._opener.cancel()
-                self._opener = None
-            if self._link is not None:
-                self._link.abort(item.error)
-        elif isinstance(item, ev.CloseLink):
-            if self._link is not None:
-                self._link.close(item.code, item.reason)
-        elif isinstance(item, ev.FetchToken):
-            self._fetch_token(item)
-        elif isinstance(item, ev.Lost):
-            ch = self._channels.get(item.loss.channel)
-            if ch is not None:
-                ch._report(item.loss)
-        elif isinstance(item, ev.ChannelChanged):
-            ch = self._channels.get(item.channel)
-            if ch is not None and item.current is ChannelState.FAILED and item.error:
-                ch._failed(item.error)
-        elif isinstance(item, ev.PresenceChanged):
-            ch = self._channels.get(item.channel)
-            if ch is not None:
-                ch.presence._apply(item.changes)
-        elif isinstance(item, ev.Problem):
-            self._report_error(item.error)
-            log.debug("%s: %s", item.detail or "problem", item.error)
-
-    def _arm_timer(self) -> None:
-        at = self._core.next_deadline()
-        if at == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = at
-        if at is not None:
-            loop = self._loop or asyncio.get_running_loop()
-            self._loop = loop
-            # loop.time() is time.monotonic() for asyncio's loops: the core's clock.
-            self._timer = loop.call_at(at, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        self._core.set_wall_offset(time.time() - time.monotonic())
-        self._core.timer(self._now())
-        self._pump()
-
-    def _call(self, fn: Callable[[float], T]) -> T:
-        """Run a core operation now and perform what it asks."""
-        self._loop = self._loop or asyncio.get_running_loop()
-        try:
-            return fn(self._now())
-        finally:
-            self._pump()
-
-    def _future(self, op: int) -> asyncio.Future[Any]:
-        """The future of operation ``op`` (create it before pumping the core's outputs)."""
-        fut = self._futures.get(op)
-        if fut is None:
-            fut = self._futures[op] = asyncio.get_running_loop().create_future()
-        return fut
-
-    async def _op(self, start: Callable[[float], int]) -> Any:
-        """Start a core operation and wait for its outcome. If the wait is cancelled, the
-        operation is withdrawn when it can still be (a publish not sent yet)."""
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        try:
-            op = start(self._now())
-        except BaseException:
-            self._pump()
-            raise
-        fut = self._future(op)  # before pumping: the outcome may already be there
-        self._pump()
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            self._futures.pop(op, None)
-            self._core.withdraw(op, self._now())
-            self._pump()
-            raise
-
     @property
     def current_url(self) -> str:
         """The broker URL in use (or tried next): ``url`` or one of ``fallback_urls``."""
@@ -406,104 +259,6 @@ class Client(Observable):
 
     def _new_message_id(self) -> str:
         return f"{self._instance}:{next(self._ids)}"
-
-    # ---------------------------------------------------------------- links
-
-    def _open_link(self, url: str, transport: str) -> None:
-        self._forget_link()
-        self._link_id = link_id = self._core.link_id
-        kind = SseLink if transport == SSE else WebSocketLink
-        link = kind(url, lambda frames: self._on_frames(link_id, frames),
-                    lambda err: self._on_lost(link_id, err), self._max_frame_size, self._ssl)
-        self._link = link
-        self._opener = asyncio.get_running_loop().create_task(self._connect(link, link_id))
-
-    def _forget_link(self) -> None:
-        link, self._link = self._link, None
-        if link is not None:
-            self._bytes_done[0] += link.bytes_in
-            self._bytes_done[1] += link.bytes_out
-
-    def _start_probe(self, url: str) -> None:
-        """Check whether a WebSocket gets through now: a handshake, closed at once."""
-        if self._probe is not None and not self._probe.done():
-            return
-
-        async def probe() -> None:
-            link = WebSocketLink(url, lambda text: None, lambda err: None, 1024, self._ssl)
-            ok = False
-            try:
-                async with asyncio.timeout(self.connect_timeout):
-                    await link.connect()
-                ok = True
-            except (RtkitError, TimeoutError) as exc:
-                log.debug("WebSocket probe failed: %s", exc)
-            finally:
-                if ok:
-                    link.close(1000, "probe")
-                else:
-                    link.abort(ConnectionFailed("probe failed"))
-            self._core.probe_done(ok, self._now())
-            self._pump()
-
-        self._probe = asyncio.get_running_loop().create_task(probe())
-
-    async def _connect(self, link: WebSocketLink | SseLink, link_id: int) -> None:
-        try:
-            await link.connect()
-        except Exception as exc:  # any failure to connect is retried
-            if not isinstance(exc, RtkitError):
-                log.warning("unexpected error while connecting to %s", self.url,
-                            exc_info=exc)
-                exc = ConnectionFailed(f"cannot connect to {self.url}: {exc!r}")
-            if self._link is link:
-                self._forget_link()
-            link.abort(exc)
-            self._core.link_failed(link_id, exc, self._now())
-        else:
-            self._core.link_opened(link_id, self._now())
-        finally:
-            if self._opener is asyncio.current_task():
-                self._opener = None
-        self._pump()
-
-    def _on_frames(self, link_id: int, frames: list[str | bytes]) -> None:
-        """The frames of one read: the core takes them, and its outputs are performed every
-        :data:`BATCH_BYTES` (deliveries of consecutive frames in one batch), then the timer
-        is updated once."""
-        if link_id != self._link_id:
-            return
-        receive, now = self._core.receive, self._now()
-        size = 0
-        for text in frames:
-            receive(text, now)
-            size += len(text)
-            if size >= BATCH_BYTES:
-                self._perform()
-                size = 0
-        self._pump()
-
-    def _on_lost(self, link_id: int, err: RtkitError) -> None:
-        if link_id == self._link_id:
-            self._forget_link()
-            self._core.link_lost(link_id, err, self._now())
-            self._pump()
-
-    def _fetch_token(self, item: ev.FetchToken) -> None:
-        callback = self._auth_callback
-        if callback is None:
-            return
-
-        async def fetch() -> None:
-            try:
-                token = await call_auth_callback(callback, item.timeout)
-            except RtkitError as exc:
-                self._core.token_failed(item.id, exc, self._now())
-            else:
-                self._core.token_obtained(item.id, token, self._now())
-            self._pump()
-
-        self._fetcher = asyncio.get_running_loop().create_task(fetch())
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -516,7 +271,7 @@ class Client(Observable):
         """
         if self.state is S.CONNECTED:
             return
-        self._call(self._core.connect)
+        self._driver.call(self._core.connect)
         await self._until_connected(timeout)
 
     async def _until_connected(self, timeout: float | None) -> None:
@@ -533,45 +288,30 @@ class Client(Observable):
     async def reconnect(self, timeout: float | None = None) -> None:
         """Drop the link now and reconnect at once (no backoff), resuming; returns when
         connected again."""
-        self._call(self._core.reconnect)
+        self._driver.call(self._core.reconnect)
         await self._until_connected(timeout)
 
     async def close(self) -> None:
         """Say goodbye to the broker and stop. Pending publishes fail with ConnectionClosed."""
         if self.state is not S.CLOSED and self.state is not S.CLOSING:
-            self._call(self._core.close)
+            self._driver.call(self._core.close)
         if self.state is S.CLOSING:
             with contextlib.suppress(TimeoutError):
                 await self.wait_for_state(S.CLOSED, S.FAILED, timeout=self.request_timeout)
-        dying, self._dying = self._dying, []
-        for task in dying:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._driver.reap()
 
     def _closed(self) -> None:
         """The core reached ``closed``: end what the driver runs for it (whoever closed).
         A connect() made later starts afresh."""
-        for task in (self._opener, self._fetcher, self._probe):
-            if task is not None and task is not asyncio.current_task() and not task.done():
-                task.cancel()
-                self._dying.append(task)
-        self._opener = self._fetcher = self._probe = None
-        if self._link is not None:
-            self._link.abort(ConnectionClosed("closed"))
-            self._forget_link()
+        self._driver.stop()
         for channel in self._channels.values():
             channel._close_all()
 
     async def _shutdown(self) -> None:
         """Cut everything now, no goodbye (as a process that dies would)."""
         self._closed()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = self._timer_at = None
-        dying, self._dying = self._dying, []
-        for task in dying:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._driver.cancel_timer()
+        await self._driver.reap()
 
     def _close_soon(self) -> None:
         with contextlib.suppress(RuntimeError):
@@ -596,13 +336,13 @@ class Client(Observable):
 
     async def ping(self) -> float:
         """Send a heartbeat and return the round-trip time in seconds."""
-        rtt: float = await self._op(self._core.ping)
+        rtt: float = await self._driver.op(self._core.ping)
         return rtt
 
     async def renew_token(self) -> str:
         """Get a new token from ``auth_callback`` now and, if connected, present it in-band
         (the connection stays up). Returns the new token."""
-        token: str = await self._op(self._core.renew_token)
+        token: str = await self._driver.op(self._core.renew_token)
         return token
 
     def __repr__(self) -> str:

@@ -109,11 +109,11 @@ class Input:
             ch = core.channels.get(f.channel)
             if ch is not None:
                 ch.on_detached(f.error, solicited=False)
-                core.resume_done(ch.name, now)
+                core.connection.resume_done(ch.name, now)
             if f.error is not None:
                 core.out.append(Problem(f.error, f"the broker detached {f.channel}"))
         elif isinstance(f, fr.Closed):
-            core.close_error = f.error or ConnectionClosed("closed by the broker")
+            core.connection.close_error = f.error or ConnectionClosed("closed by the broker")
             if core.requests.pop(ref) is not None:
                 core.out.append(CloseLink(1000, "closed"))
         else:
@@ -125,14 +125,14 @@ class Input:
         if p is None or ref is None:
             return  # a late reply to a request we gave up on
         if isinstance(f, fr.Connected):
-            core.on_connected(f, now)
+            core.connection.connected(f, now)
         elif isinstance(f, fr.Attached):
             ch = core.channels.get(f.channel)
             if ch is not None:
                 ch.on_attached(f, ref, now)
                 core.reconcile(now, ch)
                 if ch.inflight is None:
-                    core.resume_done(ch.name, now)
+                    core.connection.resume_done(ch.name, now)
         elif isinstance(f, fr.Detached):
             ch = core.channels.get(f.channel)
             if ch is not None:
@@ -170,7 +170,7 @@ class Input:
         p = core.requests.pop(f.ref)
         if f.fatal:
             # The broker closes next: do not wait for it.
-            core.close_error = err
+            core.connection.close_error = err
             if isinstance(err, TokenExpired):
                 core.credentials.reject()
             link = core.link_id
@@ -185,7 +185,7 @@ class Input:
                 ch.on_refused(f.ref, err, now)
                 if ch.state.value == "failed":
                     core.out.append(Problem(err, f"cannot attach {ch.name}"))
-                core.resume_done(ch.name, now)
+                core.connection.resume_done(ch.name, now)
         elif p.kind == "presence" and p.op is None:
             ch = core.channels.get(p.channel or "")
             if ch is not None:

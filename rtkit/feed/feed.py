@@ -5,19 +5,19 @@ subscription after every (re)connect, watches the link *and* the data, resumes S
 with ``Last-Event-ID``, reports gaps and duplicates in numbered streams, and counts bad
 frames without stopping. The pure logic is in :mod:`rtkit.core.feed`,
 :mod:`rtkit.core.sequence`, :mod:`rtkit.core.watch` and :mod:`rtkit.core.sse`; one
-connection is a :mod:`rtkit.feed.links` object.
+connection is a :mod:`rtkit.feed.links` object, kept up by a
+:class:`~rtkit.feed.supervisor.Supervisor`; what becomes of each frame is
+:mod:`rtkit.feed.delivery`. This module holds the options, the properties and the public
+operations.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-import logging
 import random
 import ssl as ssl_module
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,27 +25,17 @@ from urllib.parse import urlsplit
 from rtkit import _rerun
 from rtkit.core import sse
 from rtkit.core.feed import BadFrame, FeedCore, FeedRecord, ParseFunction, ParseName
-from rtkit.core.sequence import Duplicate, Extractor, Gap
+from rtkit.core.sequence import Extractor, Gap
 from rtkit.core.states import ConnectionState, StateChange, Trigger
 from rtkit.core.timing import Backoff, RandomSource
 from rtkit.core.watch import RetryPolicy
-from rtkit.errors import (
-    ConnectionClosed,
-    ConnectionFailed,
-    ContinuityLost,
-    Disconnected,
-    LimitExceeded,
-    ProtocolError,
-    RtkitError,
-)
+from rtkit.errors import ConnectionClosed, ConnectionFailed, Disconnected, ProtocolError, RtkitError
+from rtkit.feed.delivery import Delivery, GapCallback, Resync
 from rtkit.feed.lifecycle import ErrorListener, Lifecycle, StateListener
 from rtkit.feed.subscription import FeedSubscription, RecordCallback
 from rtkit.feed.supervisor import Supervisor, encode
 
-log = logging.getLogger("rtkit.feed")
 S = ConnectionState
-GapCallback = Callable[[Gap], Any]
-Resync = Callable[[Gap], Iterable[Any] | Awaitable[Iterable[Any] | None] | None]
 Subscribe = Any  # one message, a list of messages, or a callable returning either
 KINDS = {"ws": "ws", "wss": "ws", "websocket": "ws", "sse": "sse", "http": "sse",
          "https": "sse"}
@@ -124,7 +114,6 @@ class Feed:
         self.suspend_after = suspend_after
         self.max_frame_size = max_frame_size
         self._subscribe = subscribe
-        self._resync = resync
         grace = heartbeat_grace if heartbeat_grace is not None else (heartbeat or 0) / 2
         self.backoff = backoff or Backoff()
         retry = RetryPolicy(self.backoff, random_source or random.Random(), max_retries)
@@ -133,11 +122,9 @@ class Feed:
                               max_frame_size=max_frame_size, keep_bad_frames=keep_bad_frames)
         self._parser = sse.SSEParser(max_line=max_frame_size, max_event=max_frame_size)
         self._life = Lifecycle(self.name)
-        self._subs: list[FeedSubscription] = []
-        self._gap_listeners: list[GapCallback] = []
         self._supervisor = Supervisor(self, retry, (heartbeat, grace, max_silence))
-        self._tasks: set[asyncio.Task[Any]] = set()  # resyncs running
-        self.resyncs = 0
+        self._delivery = Delivery(self.name, self._core, self._life, self._supervisor, resync,
+                                  max_frame_size)
         _rerun.replace_previous("feed", self, Feed._close_soon)
 
     # ---------------------------------------------------------------- observing
@@ -173,9 +160,7 @@ class Feed:
 
     def on_gap(self, callback: GapCallback) -> Callable[[], None]:
         """Call ``callback(gap)`` for every gap in a numbered stream (see ``sequence=``)."""
-        self._gap_listeners.append(callback)
-        return lambda: self._gap_listeners.remove(callback) \
-            if callback in self._gap_listeners else None
+        return self._delivery.on_gap(callback)
 
     @property
     def gaps(self) -> list[Gap]:
@@ -192,6 +177,11 @@ class Feed:
         """The last number seen per key (the key is None for a single sequence)."""
         tracker = self._core.sequences
         return dict(tracker.last) if tracker is not None else {}
+
+    @property
+    def resyncs(self) -> int:
+        """Resyncs done so far (``resync`` returned without raising)."""
+        return self._delivery.resyncs
 
     @property
     def bad_frames(self) -> list[BadFrame]:
@@ -276,15 +266,9 @@ class Feed:
         if self.state in (S.CLOSED, S.CLOSING):
             return
         self._life.transition(Trigger.CLOSE, "close() called")
-        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._delivery.stop_resyncs()
         await self._supervisor.stop()
-        for sub in list(self._subs):
-            sub.close()
+        self._delivery.close_subscriptions()
         if self._life.state is S.CLOSING:
             self._life.transition(Trigger.CLOSED, "closed")
 
@@ -339,91 +323,30 @@ class Feed:
         subscription. ``event`` keeps only one SSE event type. Works with or without
         ``await``; records flow once the feed is connected."""
         sub = FeedSubscription(self, callback, event, buffer)
-        self._subs.append(sub)
+        self._delivery.subs.append(sub)
         return sub
 
     async def unsubscribe(self, target: FeedSubscription | RecordCallback | None = None
                           ) -> None:
         """Remove one subscription, every one of a callback, or all."""
-        for sub in list(self._subs):
+        for sub in list(self._delivery.subs):
             if target is None or sub is target or (sub.callback is not None
                                                    and sub.callback == target):
                 sub.close()
 
     def _forget(self, sub: FeedSubscription) -> None:
         with contextlib.suppress(ValueError):
-            self._subs.remove(sub)
+            self._delivery.subs.remove(sub)
 
     def __aiter__(self) -> AsyncIterator[FeedRecord]:
         """``async for record in feed``: a new subscription, ending when the feed closes."""
         return self.subscribe()
 
-    def _on_frame(self, payload: str | bytes, name: str, event_id: str | None) -> None:
-        out = self._core.receive(payload, time.time(), name, event_id)
-        data = False
-        for item in out:
-            if type(item) is FeedRecord:
-                data = True
-                for sub in self._subs:
-                    sub.push(item)
-            elif type(item) is Duplicate:
-                data = True
-            elif type(item) is Gap:
-                self._report_gap(item)
-            elif type(item) is BadFrame:
-                self._bad(item)
-        if data:
-            self._supervisor.got_data(time.monotonic())
-        else:
-            self._supervisor.heard(time.monotonic())
-
-    def _bad(self, frame: BadFrame) -> None:
-        log.warning("%s: bad frame of %d bytes: %s", self.name, frame.size, frame.error)
-        self._life.report(frame.error)
-
-    def _oversized_event(self, item: sse.Oversized) -> None:
-        self._bad(self._core.bad(item.head, LimitExceeded(
-            f"SSE {item.what} of {item.size} bytes is over max_frame_size "
-            f"({self.max_frame_size})", code=42902), time.time(), item.size))
-
-    def _report_gap(self, gap: Gap) -> None:
-        log.warning("%s: gap: %s", self.name, gap)
-        for listener in list(self._gap_listeners):
-            try:
-                listener(gap)
-            except Exception:
-                log.exception("gap listener failed")
-        if self._resync is not None:
-            self._spawn(self._run_resync(gap))
-
-    async def _run_resync(self, gap: Gap) -> None:
-        assert self._resync is not None
-        try:
-            result = self._resync(gap)
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception as exc:  # the user's function: report it, keep the feed going
-            log.exception("resync failed")
-            self._life.report(ContinuityLost(f"resync after gap ({gap}) failed: "
-                                             f"{type(exc).__name__}: {exc}"))
-            return
-        self.resyncs += 1
-        for value in result or ():
-            record = self._core.record(value, time.time(), name="resync")
-            for sub in self._subs:
-                sub.push(record)
-
     def _fail(self, err: RtkitError) -> None:
         """Give up (the server said so, or ``max_retries``): failed, iterations end."""
         self._life.report(err)
         self._life.transition(Trigger.FATAL, err.message, err)
-        for sub in list(self._subs):
-            sub.close()
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._delivery.close_subscriptions()
 
     # ---------------------------------------------------------------- channel-like surface
 

@@ -152,13 +152,13 @@ class Supervisor:
         url = feed.url() if callable(feed.url) else feed.url
         link: Link
         if feed.kind == "ws":
-            link = WebSocketLink(url, feed._on_frame, self.heard, headers=feed.headers,
+            link = WebSocketLink(url, feed._delivery.on_frame, self.heard, headers=feed.headers,
                                  ssl=feed.ssl, open_timeout=feed.connect_timeout,
                                  max_size=max(64 * 1024 * 1024, 4 * feed.max_frame_size))
         else:
-            link = SSELink(url, feed._on_frame, self.heard, headers=feed.headers, ssl=feed.ssl,
-                           open_timeout=feed.connect_timeout, parser=feed._parser,
-                           on_retry=self._on_retry, on_oversized=feed._oversized_event)
+            link = SSELink(url, feed._delivery.on_frame, self.heard, headers=feed.headers,
+                           ssl=feed.ssl, open_timeout=feed.connect_timeout, parser=feed._parser,
+                           on_retry=self._on_retry, on_oversized=feed._delivery.oversized)
         self.link = link
         self.watch = FeedWatch(*self._watch_args)
         self._had_data = False

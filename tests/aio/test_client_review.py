@@ -51,14 +51,14 @@ async def test_subscribe_on_an_attached_channel_completes_without_a_timer(
     await within(ch.subscribe(lambda m: None))
     assert ch.attached
     fired: list[float] = []
-    original = c._on_timer
+    original = c._driver.on_timer
 
     def counting() -> None:
         fired.append(asyncio.get_running_loop().time())
         original()
 
-    c._on_timer = counting  # type: ignore[method-assign]
-    c._arm_timer()
+    c._driver.on_timer = counting  # type: ignore[method-assign]
+    c._driver.arm_timer()
     task = asyncio.create_task(ch.subscribe(lambda m: None))
     for _ in range(5):  # no I/O is needed: a few loop turns must do
         await asyncio.sleep(0)

@@ -244,7 +244,7 @@ async def test_link_drop_during_gap_repair_is_not_a_loss(env: Any, make: Any) ->
     sub = await make(connect=False)
     got: list[int] = []
     ch = sub.channel("r10")
-    original = sub._on_frames
+    original = sub._links.on_frames
     state = {"dropped": False}
 
     def relay(link_id: int, texts: list[str | bytes]) -> None:
@@ -263,7 +263,7 @@ async def test_link_drop_during_gap_repair_is_not_a_loss(env: Any, make: Any) ->
             passed.append(text)
         original(link_id, passed)
 
-    sub._on_frames = relay  # type: ignore[method-assign]
+    sub._links.on_frames = relay  # type: ignore[method-assign]
     await within(sub.connect())
     await ch.subscribe(lambda m: got.append(m.serial))
     for i in range(6):

@@ -287,7 +287,7 @@ async def test_backoff_schedule_follows_the_seeded_random_source(env: Any, make:
 
 def lossy_relay(client: rtkit.Client, rewrite: Callable[[dict[str, Any]], None]) -> None:
     """Pass every frame the client receives through ``rewrite`` (a buggy relay)."""
-    original = client._on_frames
+    original = client._links.on_frames
 
     def relay(link_id: int, texts: list[str | bytes]) -> None:
         passed: list[str | bytes] = []
@@ -300,7 +300,7 @@ def lossy_relay(client: rtkit.Client, rewrite: Callable[[dict[str, Any]], None])
             passed.append(json.dumps(frame))
         original(link_id, passed)
 
-    client._on_frames = relay  # type: ignore[method-assign]
+    client._links.on_frames = relay  # type: ignore[method-assign]
 
 
 async def test_gap_on_a_live_link_is_repaired_by_the_broker_replay(env: Any, make: Any) -> None:

@@ -118,7 +118,8 @@ async def test_a_broken_stream_is_reopened_and_continues_where_it_stopped(
     assert got == list(range(600))
     # Each break was mended by the link, within the session: no reconnect, no resume.
     assert [c.current for c in sub.state_history] == [S.CONNECTING, S.CONNECTED]
-    assert sub._link is not None and sub._link.reopens >= 5  # type: ignore[union-attr]
+    link = sub._links.link
+    assert link is not None and link.reopens >= 5  # type: ignore[union-attr]
     assert srv.stats()["resumed"] == 0
 
 
