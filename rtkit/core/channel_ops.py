@@ -46,15 +46,8 @@ class ChannelOps:
     # ---------------------------------------------------------------- attach, detach
 
     def on_attach(self, s: Session, f: fr.Attach, now: float) -> None:
-        try:
-            self.check(s, "subscribe", f.channel)
-            if f.channel not in s.channels and (
-                len(s.channels) >= self.config.max_channels_per_connection
-            ):
-                raise error(42906)
-            ch = self.registry.get_or_create(f.channel, s.owner)
-        except RtkitError as exc:
-            self.refuse(s, f.ref, exc, False)
+        ch = self.attach_target(s, f)
+        if ch is None:
             return
         replay_from: int | None = None
         lost, lost_from, lost_to = False, None, None
@@ -129,20 +122,43 @@ class ChannelOps:
         self.publish(s, f.ref, f.channel, f.name,
                      dumps(f.data) if data_json is None else data_json, f.id, now, wall)
 
-    def publish(self, s: Session, ref: fr.Ref | None, channel: str, name: str,
-                data_json: str, pub_id: str | None, now: float, wall: float) -> None:
-        """Store and fan out one message whose data is already JSON text (checked)."""
-        c = self.config
+    def publish_target(self, s: Session, ref: fr.Ref | None, channel: str, name: str,
+                       data_json: str) -> Channel | None:
+        """The channel a publish goes to once its capability and size are checked; None
+        when it was refused (the refusal is sent)."""
+        limit = self.config.max_message_size
         try:
             self.check(s, "publish", channel)
             size = nbytes(data_json) + nbytes(name)
-            if size > c.max_message_size:
-                raise error(42901, f"message is {size} bytes; the limit is {c.max_message_size}")
-            ch = self.registry.channels.get(channel) or self.registry.get_or_create(
+            if size > limit:
+                raise error(42901, f"message is {size} bytes; the limit is {limit}")
+            return self.registry.channels.get(channel) or self.registry.get_or_create(
                 channel, s.owner)
         except RtkitError as exc:
             self.refuse(s, ref, exc, True)
+            return None
+
+    def attach_target(self, s: Session, f: fr.Attach) -> Channel | None:
+        """The channel an attach goes to once the capability and the per-connection channel
+        limit are checked; None when it was refused (the refusal is sent)."""
+        try:
+            self.check(s, "subscribe", f.channel)
+            if f.channel not in s.channels and (
+                len(s.channels) >= self.config.max_channels_per_connection
+            ):
+                raise error(42906)
+            return self.registry.get_or_create(f.channel, s.owner)
+        except RtkitError as exc:
+            self.refuse(s, f.ref, exc, False)
+            return None
+
+    def publish(self, s: Session, ref: fr.Ref | None, channel: str, name: str,
+                data_json: str, pub_id: str | None, now: float, wall: float) -> None:
+        """Store and fan out one message whose data is already JSON text (checked)."""
+        ch = self.publish_target(s, ref, channel, name, data_json)
+        if ch is None:
             return
+        c = self.config
         # Ids are scoped per publisher (its client id, else its connection): nobody else can
         # make one of its publishes look like a duplicate.
         key = None if pub_id is None else f"{s.owner}|{pub_id}"

@@ -108,17 +108,10 @@ class ClusterOps(ChannelOps):
     def publish(self, s: Session, ref: fr.Ref | None, channel: str, name: str,
                 data_json: str, pub_id: str | None, now: float, wall: float) -> None:
         """Check one message, then hand it to the backplane (the ack follows its answer)."""
-        c = self.config
-        try:
-            self.check(s, "publish", channel)
-            size = nbytes(data_json) + nbytes(name)
-            if size > c.max_message_size:
-                raise error(42901, f"message is {size} bytes; the limit is {c.max_message_size}")
-            ch = self.registry.channels.get(channel) or self.registry.get_or_create(
-                channel, s.owner)
-        except RtkitError as exc:
-            self.refuse(s, ref, exc, True)
+        ch = self.publish_target(s, ref, channel, name, data_json)
+        if ch is None:
             return
+        c = self.config
         key = None if pub_id is None else f"{s.owner}|{pub_id}"
         msg_id = pub_id if pub_id is not None else f"{s.connection_id}:{s.published + 1}"
         id_json = dumps(msg_id)

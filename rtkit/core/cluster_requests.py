@@ -119,16 +119,8 @@ class WaitingRequests:
     # ---------------------------------------------------------------- attach, history
 
     def on_attach(self, s: Session, f: fr.Attach, now: float) -> None:
-        ops = self.ops
-        try:
-            ops.check(s, "subscribe", f.channel)
-            if f.channel not in s.channels and (
-                len(s.channels) >= ops.config.max_channels_per_connection
-            ):
-                raise error(42906)
-            ch = ops.registry.get_or_create(f.channel, s.owner)
-        except RtkitError as exc:
-            ops.refuse(s, f.ref, exc, False)
+        ch = self.ops.attach_target(s, f)
+        if ch is None:
             return
         caught_up = [False]
         self.run(s, ch, lambda waited: self._attach(s, f, ch, waited, caught_up))
